@@ -1,0 +1,1 @@
+"""Audit database: every instance, study and state change, for ops to inspect."""

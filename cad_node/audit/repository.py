@@ -1,0 +1,390 @@
+"""The audit repository: every write and read of the audit database goes through here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from cad_node.assembly import InstanceInfo, quiet_cutoff, views_present_and_missing
+from cad_node.audit.models import Event, Instance, Study, utcnow
+from cad_node.domain import InstanceOutcome, StudyState
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """Where and what an instance's bytes are on disk."""
+
+    path: str
+    bytes: int
+    sha256: str
+    transfer_syntax_uid: str
+
+
+@dataclass(frozen=True)
+class CompletedStudy:
+    """A study that just completed, as handed to the pipeline."""
+
+    study_instance_uid: str
+    revision: int
+    views: list[str]
+    missing_views: list[str]
+
+
+class DuplicateInstanceError(Exception):
+    """The SOP instance is already stored (raised inside the repository, handled by callers)."""
+
+
+class AuditRepository:
+    """Reads and writes the audit database; thread-safe (one session per call)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    # Writes ----------------------------------------------------------------------------
+    def record_event(
+        self,
+        kind: str,
+        *,
+        level: str = "info",
+        detail: str | None = None,
+        study_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        calling_ae: str | None = None,
+    ) -> None:
+        """Append one event to the log."""
+        with self._sessions.begin() as session:
+            session.add(
+                Event(
+                    at=utcnow(),
+                    kind=kind,
+                    level=level,
+                    detail=detail,
+                    study_instance_uid=study_instance_uid,
+                    sop_instance_uid=sop_instance_uid,
+                    calling_ae=calling_ae,
+                )
+            )
+
+    def is_stored(self, sop_instance_uid: str) -> bool:
+        """True when this SOP instance is already stored."""
+        with self._sessions() as session:
+            found = session.scalar(
+                select(Instance.id).where(
+                    Instance.sop_instance_uid == sop_instance_uid,
+                    Instance.outcome == InstanceOutcome.STORED,
+                )
+            )
+            return found is not None
+
+    def record_stored(
+        self,
+        info: InstanceInfo,
+        stored: StoredFile,
+        *,
+        status: int,
+        calling_ae: str,
+        peer: str | None,
+    ) -> bool:
+        """Record a stored instance and open (or re-open) its study, in one transaction.
+
+        Returns True when the study was re-opened by this instance (it had completed).
+        Raises :class:`DuplicateInstanceError` when the SOP instance was stored already.
+        """
+        for attempt in range(3):
+            try:
+                return self._record_stored(info, stored, status, calling_ae, peer)
+            except IntegrityError as exc:
+                # Either the instance raced in from another association, or its study was
+                # created concurrently (then a retry finds the study and succeeds).
+                if self.is_stored(info.sop_instance_uid):
+                    raise DuplicateInstanceError(info.sop_instance_uid) from exc
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _record_stored(
+        self,
+        info: InstanceInfo,
+        stored: StoredFile,
+        status: int,
+        calling_ae: str,
+        peer: str | None,
+    ) -> bool:
+        now = utcnow()
+        with self._sessions.begin() as session:
+            study, created, reopened = self._touch_study(session, info.study_instance_uid, now)
+            session.add(
+                Instance(
+                    received_at=now,
+                    outcome=InstanceOutcome.STORED,
+                    status=status,
+                    calling_ae=calling_ae,
+                    peer=peer,
+                    sop_instance_uid=info.sop_instance_uid,
+                    sop_class_uid=info.sop_class_uid,
+                    study_id=study.id,
+                    series_instance_uid=info.series_instance_uid,
+                    transfer_syntax_uid=stored.transfer_syntax_uid,
+                    modality=info.modality,
+                    laterality=info.laterality.value if info.laterality else None,
+                    view_position=info.view_position,
+                    view=info.view,
+                    not_analysed_reason=info.not_analysed_reason,
+                    bytes=stored.bytes,
+                    sha256=stored.sha256,
+                    path=stored.path,
+                )
+            )
+            events = [("instance.stored", info.not_analysed_reason)]
+            if created:
+                events.insert(0, ("study.created", None))
+            if reopened:
+                events.insert(0, ("study.reopened", "late instance after completion"))
+            for kind, detail in events:
+                session.add(
+                    Event(
+                        at=now,
+                        kind=kind,
+                        level="info",
+                        detail=detail,
+                        study_instance_uid=info.study_instance_uid,
+                        sop_instance_uid=info.sop_instance_uid,
+                        calling_ae=calling_ae,
+                    )
+                )
+        return reopened
+
+    def _touch_study(
+        self, session: Session, study_uid: str, now: datetime
+    ) -> tuple[Study, bool, bool]:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+        if study is None:
+            study = Study(
+                study_instance_uid=study_uid,
+                state=StudyState.RECEIVING,
+                revision=0,
+                created_at=now,
+                last_received_at=now,
+                views=[],
+                missing_views=[],
+            )
+            session.add(study)
+            session.flush()
+            return study, True, False
+        reopened = study.state != StudyState.RECEIVING
+        study.state = StudyState.RECEIVING
+        study.last_received_at = now
+        return study, False, reopened
+
+    def record_unstored(
+        self,
+        *,
+        outcome: InstanceOutcome,
+        status: int,
+        reason: str,
+        calling_ae: str,
+        peer: str | None,
+        sop_instance_uid: str | None,
+        sop_class_uid: str | None,
+        study_instance_uid: str | None = None,
+        transfer_syntax_uid: str | None = None,
+        nbytes: int | None = None,
+    ) -> None:
+        """Record a C-STORE that stored nothing new (rejected, or a duplicate)."""
+        now = utcnow()
+        with self._sessions.begin() as session:
+            study_id = None
+            if study_instance_uid:
+                study_id = session.scalar(
+                    select(Study.id).where(Study.study_instance_uid == study_instance_uid)
+                )
+            session.add(
+                Instance(
+                    received_at=now,
+                    outcome=outcome,
+                    status=status,
+                    reason=reason,
+                    calling_ae=calling_ae,
+                    peer=peer,
+                    sop_instance_uid=sop_instance_uid,
+                    sop_class_uid=sop_class_uid,
+                    study_id=study_id,
+                    transfer_syntax_uid=transfer_syntax_uid,
+                    bytes=nbytes,
+                )
+            )
+            session.add(
+                Event(
+                    at=now,
+                    kind=f"instance.{outcome.value}",
+                    level="warning" if outcome == InstanceOutcome.REJECTED else "info",
+                    detail=reason,
+                    study_instance_uid=study_instance_uid,
+                    sop_instance_uid=sop_instance_uid,
+                    calling_ae=calling_ae,
+                )
+            )
+
+    def complete_due_studies(self, now: datetime, quiet_seconds: float) -> list[CompletedStudy]:
+        """Complete every receiving study that has been quiet long enough.
+
+        Safe against a racing instance: the state change re-checks the timestamp, so a study
+        that just received an instance stays open.
+        """
+        cutoff = quiet_cutoff(now, quiet_seconds)
+        completed: list[CompletedStudy] = []
+        with self._sessions() as session:
+            due = session.scalars(
+                select(Study.id).where(
+                    Study.state == StudyState.RECEIVING, Study.last_received_at <= cutoff
+                )
+            ).all()
+        for study_id in due:
+            result = self._complete(study_id, cutoff, now)
+            if result is not None:
+                completed.append(result)
+        return completed
+
+    def _complete(self, study_id: int, cutoff: datetime, now: datetime) -> CompletedStudy | None:
+        with self._sessions.begin() as session:
+            views = session.scalars(
+                select(Instance.view).where(
+                    Instance.study_id == study_id, Instance.outcome == InstanceOutcome.STORED
+                )
+            ).all()
+            present, missing = views_present_and_missing(views)
+            changed = session.execute(
+                update(Study)
+                .where(
+                    Study.id == study_id,
+                    Study.state == StudyState.RECEIVING,
+                    Study.last_received_at <= cutoff,
+                )
+                .values(
+                    state=StudyState.COMPLETE,
+                    completed_at=now,
+                    revision=Study.revision + 1,
+                    views=present,
+                    missing_views=missing,
+                )
+                .returning(Study.study_instance_uid, Study.revision)
+            ).first()
+            if changed is None:
+                return None
+            uid, revision = changed
+            detail = f"views={','.join(present) or '-'} missing={','.join(missing) or '-'}"
+            session.add(
+                Event(
+                    at=now,
+                    kind="study.completed",
+                    level="info",
+                    detail=f"revision {revision}; {detail}",
+                    study_instance_uid=uid,
+                )
+            )
+            return CompletedStudy(uid, revision, present, missing)
+
+    # Reads -----------------------------------------------------------------------------
+    def list_studies(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The most recently active studies, newest first."""
+        with self._sessions() as session:
+            counts = (
+                select(Instance.study_id, func.count().label("n"))
+                .where(Instance.outcome == InstanceOutcome.STORED)
+                .group_by(Instance.study_id)
+                .subquery()
+            )
+            rows = session.execute(
+                select(Study, func.coalesce(counts.c.n, 0))
+                .outerjoin(counts, counts.c.study_id == Study.id)
+                .order_by(Study.last_received_at.desc())
+                .limit(limit)
+            ).all()
+            return [self._study_dict(study, n) for study, n in rows]
+
+    def show_study(self, study_instance_uid: str) -> dict[str, Any] | None:
+        """A study with its instances and events, or None when unknown."""
+        with self._sessions() as session:
+            study = session.scalar(
+                select(Study).where(Study.study_instance_uid == study_instance_uid)
+            )
+            if study is None:
+                return None
+            instances = session.scalars(
+                select(Instance).where(Instance.study_id == study.id).order_by(Instance.id)
+            ).all()
+            events = session.scalars(
+                select(Event)
+                .where(Event.study_instance_uid == study_instance_uid)
+                .order_by(Event.id)
+            ).all()
+            stored = [i for i in instances if i.outcome == InstanceOutcome.STORED]
+            result = self._study_dict(study, len(stored))
+            if study.state == StudyState.RECEIVING:
+                present, missing = views_present_and_missing(i.view for i in stored)
+                result["views"], result["missing_views"] = present, missing
+            result["instances"] = [_instance_dict(i) for i in instances]
+            result["events"] = [
+                {"at": e.at.isoformat(), "kind": e.kind, "level": e.level, "detail": e.detail}
+                for e in events
+            ]
+            return result
+
+    def recent_events(self, limit: int = 50, level: str | None = None) -> list[dict[str, Any]]:
+        """The newest events (optionally of one level), newest first."""
+        with self._sessions() as session:
+            query = select(Event).order_by(Event.id.desc()).limit(limit)
+            if level:
+                query = query.where(Event.level == level)
+            return [
+                {
+                    "at": e.at.isoformat(),
+                    "kind": e.kind,
+                    "level": e.level,
+                    "study_instance_uid": e.study_instance_uid,
+                    "sop_instance_uid": e.sop_instance_uid,
+                    "calling_ae": e.calling_ae,
+                    "detail": e.detail,
+                }
+                for e in session.scalars(query)
+            ]
+
+    @staticmethod
+    def _study_dict(study: Study, n_instances: int) -> dict[str, Any]:
+        return {
+            "study_instance_uid": study.study_instance_uid,
+            "status": study.state,
+            "revision": study.revision,
+            "views": list(study.views),
+            "missing_views": list(study.missing_views),
+            "n_instances": n_instances,
+            "created_at": study.created_at.isoformat(),
+            "last_received_at": study.last_received_at.isoformat(),
+            "completed_at": study.completed_at.isoformat() if study.completed_at else None,
+        }
+
+
+def _instance_dict(i: Instance) -> dict[str, Any]:
+    return {
+        "sop_instance_uid": i.sop_instance_uid,
+        "series_instance_uid": i.series_instance_uid,
+        "sop_class_uid": i.sop_class_uid,
+        "outcome": i.outcome,
+        "status": f"0x{i.status:04X}",
+        "reason": i.reason,
+        "view": i.view,
+        "laterality": i.laterality,
+        "view_position": i.view_position,
+        "not_analysed_reason": i.not_analysed_reason,
+        "transfer_syntax_uid": i.transfer_syntax_uid,
+        "bytes": i.bytes,
+        "sha256": i.sha256,
+        "calling_ae": i.calling_ae,
+        "received_at": i.received_at.isoformat(),
+    }

@@ -1,0 +1,44 @@
+"""Named DIMSE status values, so no handler ever returns a bare number.
+
+Values from DICOM PS3.4 (Annex B for the Storage Service Class, C.4 for C-ECHO) and PS3.7 Annex C.
+The 0xC2xx codes are our own choices inside the "Cannot understand" range (0xC000-0xCFFF) that
+PS3.4 B.2.3 leaves to the implementation; each one names a distinct reason so peers' logs tell
+them apart.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+SUCCESS: Final = 0x0000
+
+# C-STORE failures (PS3.4 Table B.2-1)
+OUT_OF_RESOURCES: Final = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
+CANNOT_UNDERSTAND_UNDECODABLE: Final = 0xC210
+"""The dataset could not be parsed (bad encoding, truncated stream)."""
+CANNOT_UNDERSTAND_MISSING_UID: Final = 0xC220
+"""A required UID (study, series, SOP instance, SOP class) is missing or malformed."""
+CANNOT_UNDERSTAND_PIXEL_DATA: Final = 0xC230
+"""Pixel data is absent, truncated or inconsistent with the image attributes."""
+PROCESSING_FAILURE: Final = 0x0110
+"""An unexpected internal error; the peer may retry (PS3.7 C.4.3)."""
+
+# C-STORE warnings
+WARNING_COERCION: Final = 0xB000
+
+DESCRIPTIONS: Final[dict[int, str]] = {
+    SUCCESS: "success",
+    OUT_OF_RESOURCES: "out of resources",
+    DATASET_DOES_NOT_MATCH_SOP_CLASS: "dataset does not match SOP class",
+    CANNOT_UNDERSTAND_UNDECODABLE: "cannot understand: undecodable dataset",
+    CANNOT_UNDERSTAND_MISSING_UID: "cannot understand: missing or invalid UID",
+    CANNOT_UNDERSTAND_PIXEL_DATA: "cannot understand: pixel data missing or inconsistent",
+    PROCESSING_FAILURE: "processing failure",
+    WARNING_COERCION: "coercion of data elements",
+}
+
+
+def describe(status: int) -> str:
+    """Human-readable text for a status value, with its hex code."""
+    return f"0x{status:04X} ({DESCRIPTIONS.get(status, 'unknown')})"

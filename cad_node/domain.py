@@ -1,0 +1,48 @@
+"""Value objects shared by every stage: views, lateralities, study states."""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+
+class Laterality(enum.StrEnum):
+    """Which breast an image shows."""
+
+    LEFT = "L"
+    RIGHT = "R"
+
+
+class ViewPosition(enum.StrEnum):
+    """The two standard screening projections the model analyses."""
+
+    CC = "CC"
+    MLO = "MLO"
+
+
+class StudyState(enum.StrEnum):
+    """Where a study is in its life; the audit database stores these values."""
+
+    RECEIVING = "receiving"
+    """Instances are arriving; the quiet-period timer runs."""
+    COMPLETE = "complete"
+    """No new instance for the quiet period; views are known."""
+
+
+class InstanceOutcome(enum.StrEnum):
+    """What the node answered to one C-STORE."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+def view_name(laterality: Laterality, position: ViewPosition) -> str:
+    """The node's name for a view, e.g. ``"L-CC"``."""
+    return f"{laterality.value}-{position.value}"
+
+
+STANDARD_VIEWS: Final[tuple[str, ...]] = tuple(
+    view_name(lat, pos) for lat in Laterality for pos in ViewPosition
+)
+"""``("L-CC", "L-MLO", "R-CC", "R-MLO")``: a complete screening exam."""

@@ -1,0 +1,63 @@
+"""One error hierarchy for the whole node.
+
+Every error says whether retrying can help (``retryable``). Adapters translate errors at the
+edge: the C-STORE handler into a DICOM status, workers into a retry or a terminal failure.
+Messages never carry patient data.
+"""
+
+from __future__ import annotations
+
+
+class CadNodeError(Exception):
+    """Base class of every error the node raises on purpose."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class ConfigError(CadNodeError):
+    """The settings are invalid or inconsistent."""
+
+
+class InvalidDatasetError(CadNodeError):
+    """An instance cannot be understood: unreadable encoding, missing UIDs, bad pixel data."""
+
+
+class SopClassMismatchError(InvalidDatasetError):
+    """The dataset's SOP class or instance differs from what the C-STORE request announced."""
+
+
+class OutOfResourcesError(CadNodeError):
+    """The node cannot store now (disk full or below its reserve); the peer may retry later."""
+
+    retryable = True
+
+
+class ModelError(CadNodeError):
+    """A model is missing, malformed, or its weights fail their checksum."""
+
+
+class NotAnalysableError(CadNodeError):
+    """An image is valid DICOM but not something the model may analyse (and why)."""
+
+
+class DeliveryError(CadNodeError):
+    """Sending results to a destination failed."""
+
+    retryable = True
+
+
+class UndecodableDatasetError(InvalidDatasetError):
+    """The byte stream is not a parseable DICOM dataset."""
+
+
+class MissingUidError(InvalidDatasetError):
+    """A required UID is missing or malformed."""
+
+
+class PixelDataError(InvalidDatasetError):
+    """Pixel data is absent, truncated or inconsistent with the image attributes."""

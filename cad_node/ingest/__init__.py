@@ -1,0 +1,1 @@
+"""Ingest: the DICOM storage SCP and the durable spool behind it."""

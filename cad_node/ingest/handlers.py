@@ -1,0 +1,256 @@
+"""pynetdicom event handlers: validate, spool durably, record, answer a named status.
+
+Handlers get their dependencies bound as an extra argument (``IngestContext``), never from
+globals. They never raise to pynetdicom: every failure becomes a DICOM status, an audit row and
+one log line without patient data.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cad_node import dicom_status
+from cad_node.assembly import identify
+from cad_node.audit.repository import AuditRepository, DuplicateInstanceError
+from cad_node.domain import InstanceOutcome
+from cad_node.errors import (
+    CadNodeError,
+    MissingUidError,
+    OutOfResourcesError,
+    PixelDataError,
+    SopClassMismatchError,
+)
+from cad_node.ingest.spool import Spool, is_out_of_space
+from cad_node.ingest.validate import check_pixel_data, check_uids, read_header
+
+log = logging.getLogger(__name__)
+
+_STATUS_BY_ERROR: tuple[tuple[type[CadNodeError], int], ...] = (
+    (OutOfResourcesError, dicom_status.OUT_OF_RESOURCES),
+    (SopClassMismatchError, dicom_status.DATASET_DOES_NOT_MATCH_SOP_CLASS),
+    (MissingUidError, dicom_status.CANNOT_UNDERSTAND_MISSING_UID),
+    (PixelDataError, dicom_status.CANNOT_UNDERSTAND_PIXEL_DATA),
+    (CadNodeError, dicom_status.CANNOT_UNDERSTAND_UNDECODABLE),
+)
+
+
+def status_for(exc: CadNodeError) -> int:
+    """The DIMSE status that answers an error."""
+    for kind, status in _STATUS_BY_ERROR:
+        if isinstance(exc, kind):
+            return status
+    return dicom_status.PROCESSING_FAILURE
+
+
+@dataclass(frozen=True)
+class IngestContext:
+    """What the handlers need, bound to them when the server starts."""
+
+    repo: AuditRepository
+    spool: Spool
+    ae_title: str
+    allowed_calling_aes: tuple[str, ...]
+
+
+def _peer(event: Any) -> tuple[str, str]:
+    requestor = event.assoc.requestor
+    return str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}"
+
+
+def handle_echo(event: Any, ctx: IngestContext) -> int:
+    """C-ECHO: always Success while the node serves."""
+    return dicom_status.SUCCESS
+
+
+def handle_store(event: Any, ctx: IngestContext) -> int:
+    """C-STORE: answer Success only once the instance is durable on disk and recorded."""
+    calling_ae, peer = _peer(event)
+    request = event.request
+    sop_uid = str(request.AffectedSOPInstanceUID or "")
+    sop_class = str(request.AffectedSOPClassUID or "")
+    transfer_syntax = str(event.context.transfer_syntax)
+    received: Path = event.dataset_path
+    study_uid: str | None = None
+    try:
+        ctx.spool.check_space()
+        ds = read_header(received)
+        check_uids(ds, sop_class_uid=sop_class, sop_instance_uid=sop_uid)
+        check_pixel_data(ds)
+        info = identify(ds)
+        study_uid = info.study_instance_uid
+        if ctx.repo.is_stored(sop_uid):
+            return _duplicate(ctx, calling_ae, peer, sop_uid, sop_class, study_uid)
+        stored = ctx.spool.commit(received, study_uid, sop_uid, transfer_syntax)
+        try:
+            reopened = ctx.repo.record_stored(
+                info, stored, status=dicom_status.SUCCESS, calling_ae=calling_ae, peer=peer
+            )
+        except DuplicateInstanceError:
+            return _duplicate(ctx, calling_ae, peer, sop_uid, sop_class, study_uid)
+        log.info(
+            "stored instance %s of study %s (%s, %.1f MB) from %s%s",
+            sop_uid,
+            study_uid,
+            info.view or info.not_analysed_reason,
+            stored.bytes / 1e6,
+            calling_ae,
+            "; study re-opened" if reopened else "",
+        )
+        return dicom_status.SUCCESS
+    except CadNodeError as exc:
+        return _reject(ctx, exc, calling_ae, peer, sop_uid, sop_class, study_uid, transfer_syntax)
+    except OSError as exc:
+        if is_out_of_space(exc):
+            error = OutOfResourcesError("disk full while storing")
+            return _reject(
+                ctx, error, calling_ae, peer, sop_uid, sop_class, study_uid, transfer_syntax
+            )
+        return _internal_error(ctx, exc, calling_ae, peer, sop_uid, sop_class, study_uid)
+    except Exception as exc:
+        return _internal_error(ctx, exc, calling_ae, peer, sop_uid, sop_class, study_uid)
+
+
+def _duplicate(
+    ctx: IngestContext, calling_ae: str, peer: str, sop_uid: str, sop_class: str, study_uid: str
+) -> int:
+    ctx.repo.record_unstored(
+        outcome=InstanceOutcome.DUPLICATE,
+        status=dicom_status.SUCCESS,
+        reason="already stored; kept the first copy",
+        calling_ae=calling_ae,
+        peer=peer,
+        sop_instance_uid=sop_uid,
+        sop_class_uid=sop_class,
+        study_instance_uid=study_uid,
+    )
+    log.info("duplicate instance %s from %s: already stored", sop_uid, calling_ae)
+    return dicom_status.SUCCESS
+
+
+def _reject(
+    ctx: IngestContext,
+    exc: CadNodeError,
+    calling_ae: str,
+    peer: str,
+    sop_uid: str,
+    sop_class: str,
+    study_uid: str | None,
+    transfer_syntax: str,
+) -> int:
+    status = status_for(exc)
+    with suppress(Exception):  # the answer to the peer must not depend on the audit DB
+        ctx.repo.record_unstored(
+            outcome=InstanceOutcome.REJECTED,
+            status=status,
+            reason=str(exc),
+            calling_ae=calling_ae,
+            peer=peer,
+            sop_instance_uid=sop_uid or None,
+            sop_class_uid=sop_class or None,
+            study_instance_uid=study_uid,
+            transfer_syntax_uid=transfer_syntax,
+        )
+    log.warning(
+        "rejected instance %s from %s with %s: %s",
+        sop_uid or "?",
+        calling_ae,
+        dicom_status.describe(status),
+        exc,
+    )
+    return status
+
+
+def _internal_error(
+    ctx: IngestContext,
+    exc: Exception,
+    calling_ae: str,
+    peer: str,
+    sop_uid: str,
+    sop_class: str,
+    study_uid: str | None,
+) -> int:
+    status = dicom_status.PROCESSING_FAILURE
+    with suppress(Exception):
+        ctx.repo.record_unstored(
+            outcome=InstanceOutcome.REJECTED,
+            status=status,
+            reason=f"internal error: {type(exc).__name__}",
+            calling_ae=calling_ae,
+            peer=peer,
+            sop_instance_uid=sop_uid or None,
+            sop_class_uid=sop_class or None,
+            study_instance_uid=study_uid,
+        )
+    log.error(
+        "internal error storing %s from %s (%s); answered %s",
+        sop_uid or "?",
+        calling_ae,
+        type(exc).__name__,
+        dicom_status.describe(status),
+    )
+    log.debug("internal error details", exc_info=exc)
+    return status
+
+
+def handle_accepted(event: Any, ctx: IngestContext) -> None:
+    """Record an accepted association."""
+    calling_ae, peer = _peer(event)
+    contexts = event.assoc.accepted_contexts
+    ctx.repo.record_event(
+        "association.accepted",
+        calling_ae=calling_ae,
+        detail=f"peer {peer}; {len(contexts)} presentation context(s) accepted",
+    )
+
+
+def rejection_reason(called_ae: str, calling_ae: str, ctx: IngestContext) -> str:
+    """Why pynetdicom rejected an association, in the words of PS3.8 Table 9-21."""
+    if called_ae != ctx.ae_title:
+        return f"called AE title not recognised (asked for {called_ae!r}, we are {ctx.ae_title!r})"
+    if ctx.allowed_calling_aes and calling_ae not in ctx.allowed_calling_aes:
+        return "calling AE title not recognised (not in CAD_NODE_ALLOWED_CALLING_AES)"
+    return "local limit exceeded or no reason given"
+
+
+def handle_rejected(event: Any, ctx: IngestContext) -> None:
+    """Record and log a rejected association with its reason."""
+    calling_ae, peer = _peer(event)
+    called_ae = str(event.assoc.requestor.primitive.called_ae_title).strip()
+    reason = rejection_reason(called_ae, calling_ae, ctx)
+    with suppress(Exception):
+        ctx.repo.record_event(
+            "association.rejected",
+            level="warning",
+            calling_ae=calling_ae,
+            detail=f"peer {peer}; {reason}",
+        )
+    log.warning("rejected association from %s (%s): %s", calling_ae, peer, reason)
+
+
+def handle_aborted(event: Any, ctx: IngestContext) -> None:
+    """Record an aborted association (a transfer in progress is discarded, not acknowledged)."""
+    calling_ae, peer = _peer(event)
+    with suppress(Exception):
+        ctx.repo.record_event(
+            "association.aborted", level="warning", calling_ae=calling_ae, detail=f"peer {peer}"
+        )
+    log.warning("association from %s (%s) aborted", calling_ae, peer)
+
+
+def handle_connection_closed(event: Any, ctx: IngestContext) -> None:
+    """Remove the partial file of a transfer cut off mid-way (abort or dropped connection)."""
+    message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+    partial = getattr(message, "_data_set_file", None)
+    if partial is None:
+        return
+    with suppress(OSError):
+        partial.close()
+    path = Path(partial.name)
+    if path.parent == ctx.spool.incoming and path.exists():
+        with suppress(OSError):
+            path.unlink()
+            log.info("discarded a partial transfer from a closed connection")

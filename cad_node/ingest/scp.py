@@ -1,0 +1,82 @@
+"""The storage SCP: pynetdicom AE setup and event wiring."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from typing import Any
+
+from pynetdicom import AE, _config, evt
+
+from cad_node.ingest import handlers
+from cad_node.ingest.handlers import IngestContext
+from cad_node.settings import Settings
+from cad_node.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION, decodable_transfer_syntaxes
+
+log = logging.getLogger(__name__)
+
+
+def build_ae(settings: Settings) -> AE:
+    """An AE that accepts Verification and the mammography storage SOP classes."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.require_called_aet = True
+    if settings.allowed_calling_aes:
+        ae.require_calling_aet = list(settings.allowed_calling_aes)
+    ae.maximum_pdu_size = settings.max_pdu
+    ae.maximum_associations = settings.max_associations
+    # Generous timeouts: a modality may pause between images; a dead peer is still dropped.
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 120
+    ae.network_timeout = 300
+    syntaxes = decodable_transfer_syntaxes()
+    ae.add_supported_context(VERIFICATION)
+    for sop_class in STORAGE_SOP_CLASSES:
+        ae.add_supported_context(sop_class, syntaxes)
+    return ae
+
+
+class StorageSCP:
+    """A running storage SCP; ``start`` returns once it listens."""
+
+    def __init__(self, settings: Settings, ctx: IngestContext) -> None:
+        self.settings = settings
+        self.ctx = ctx
+        self._server: Any = None
+
+    def start(self) -> None:
+        """Listen on the configured address (port 0 picks a free one)."""
+        # Received datasets stream straight to a file in the spool's incoming folder, on the
+        # same filesystem as the spool, so acknowledging one is an fsync and a rename.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(self.ctx.spool.incoming)
+        ae = build_ae(self.settings)
+        bound = [self.ctx]
+        self._server = ae.start_server(
+            (self.settings.host, self.settings.port),
+            block=False,
+            evt_handlers=[
+                (evt.EVT_C_ECHO, handlers.handle_echo, bound),
+                (evt.EVT_C_STORE, handlers.handle_store, bound),
+                (evt.EVT_ACCEPTED, handlers.handle_accepted, bound),
+                (evt.EVT_REJECTED, handlers.handle_rejected, bound),
+                (evt.EVT_ABORTED, handlers.handle_aborted, bound),
+                (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed, bound),
+            ],
+        )
+        log.info(
+            "storage SCP %s listening on %s:%d",
+            self.settings.ae_title,
+            self.settings.host,
+            self.port,
+        )
+
+    @property
+    def port(self) -> int:
+        """The TCP port actually bound."""
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop accepting and close the listening socket."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
