@@ -34,11 +34,29 @@ def read_header(path: Path) -> Dataset:
         # defer_size keeps large values (the pixels) on disk while still walking past them,
         # so a stream that ends early is noticed here.
         ds = dcmread(path, defer_size=4096)
+        _check_values_within_file(ds, path.stat().st_size)
         for keyword in _REQUIRED_UIDS:  # convert now, so a malformed value fails here
             ds.get(keyword)
+    except UndecodableDatasetError:
+        raise
     except Exception as exc:  # pydicom raises many types for broken streams
         raise UndecodableDatasetError(f"dataset cannot be parsed ({type(exc).__name__})") from exc
     return ds
+
+
+def _check_values_within_file(ds: Dataset, size: int) -> None:
+    """Deferred values are skipped by seeking; make sure none claims bytes beyond the end."""
+    for tag in ds.keys():
+        elem = ds.get_item(tag, keep_deferred=True)
+        if (
+            isinstance(elem, RawDataElement)
+            and elem.value is None
+            and elem.length != _UNDEFINED_LENGTH
+            and elem.value_tell + elem.length > size
+        ):
+            raise UndecodableDatasetError(
+                f"element {tag} claims {elem.length} bytes beyond the end of the stream"
+            )
 
 
 def check_uids(ds: Dataset, *, sop_class_uid: str, sop_instance_uid: str) -> None:
@@ -72,9 +90,12 @@ def check_pixel_data(ds: Dataset) -> None:
     """Pixel data is present and, when uncompressed, as long as the attributes say."""
     if _PIXEL_DATA not in ds:
         raise PixelDataError("no pixel data")
-    elem = ds.get_item(_PIXEL_DATA)
-    length = elem.length if isinstance(elem, RawDataElement) else len(ds.PixelData)
-    if length == _UNDEFINED_LENGTH:
+    elem = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    if isinstance(elem, RawDataElement):  # deferred: still on disk
+        length, undefined = elem.length, elem.length == _UNDEFINED_LENGTH
+    else:  # small enough to have been read
+        length, undefined = len(elem.value or b""), bool(elem.is_undefined_length)
+    if undefined:
         if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
             raise PixelDataError("undefined-length pixel data in a native transfer syntax")
         return

@@ -1,0 +1,26 @@
+from pathlib import Path
+
+from alembic import command
+from sqlalchemy import inspect
+
+from cad_node.audit.db import alembic_config, current_revision, make_engine, upgrade
+
+
+def test_upgrade_creates_schema_and_models_match_migrations(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    assert current_revision(url) is None
+    upgrade(url)
+    assert current_revision(url) is not None
+    tables = set(inspect(make_engine(url)).get_table_names())
+    assert {"studies", "instances", "events"} <= tables
+    # Raises if the SQLAlchemy models and the migrations have drifted apart.
+    command.check(alembic_config(url))
+
+
+def test_downgrade_to_base_and_up_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    upgrade(url)
+    command.downgrade(alembic_config(url), "base")
+    assert "studies" not in inspect(make_engine(url)).get_table_names()
+    upgrade(url)
+    assert "studies" in inspect(make_engine(url)).get_table_names()

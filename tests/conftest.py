@@ -1,0 +1,89 @@
+"""Shared fixtures: isolated settings, a running node on a free loopback port, peer tools."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from cad_node.node import Node  # noqa: E402
+from cad_node.settings import Settings  # noqa: E402
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No CAD_NODE_* variable of the developer's shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("CAD_NODE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def require_tool(name: str) -> str:
+    """The path of an external peer tool; missing is a skip locally but a failure in CI."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} not installed (scripts/bootstrap installs it)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "host": "127.0.0.1",
+        "port": 0,
+        "study_quiet_seconds": 1.0,
+        "min_free_mb": 0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data")
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    """Start nodes with setting overrides; all are stopped at teardown."""
+    started: list[Node] = []
+
+    def start(**overrides: Any) -> Node:
+        node = Node(make_settings(tmp_path / "data", **overrides))
+        node.start()
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture
+def node(node_factory: Callable[..., Node]) -> Node:
+    return node_factory()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll until ``predicate`` returns something truthy; fail with a clear message after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
