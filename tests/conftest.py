@@ -63,7 +63,8 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     started: list[Node] = []
 
     def start(**overrides: Any) -> Node:
-        node = Node(make_settings(tmp_path / "data", **overrides))
+        data_dir = overrides.pop("data_dir", tmp_path / "data")
+        node = Node(make_settings(data_dir, **overrides))
         node.start()
         started.append(node)
         return node

@@ -24,6 +24,7 @@ from cad_node.errors import (
     PixelDataError,
     SopClassMismatchError,
 )
+from cad_node.ingest.receive_file import write_error
 from cad_node.ingest.spool import Spool, is_out_of_space
 from cad_node.ingest.validate import check_pixel_data, check_uids, read_header
 
@@ -76,6 +77,11 @@ def handle_store(event: Any, ctx: IngestContext) -> int:
     received: Path = event.dataset_path
     study_uid: str | None = None
     try:
+        interrupted = write_error(request)
+        if interrupted is not None:
+            if is_out_of_space(interrupted):
+                raise OutOfResourcesError("disk full while receiving")
+            raise interrupted
         ctx.spool.check_space()
         ds = read_header(received)
         check_uids(ds, sop_class_uid=sop_class, sop_instance_uid=sop_uid)
@@ -200,11 +206,12 @@ def handle_accepted(event: Any, ctx: IngestContext) -> None:
     """Record an accepted association."""
     calling_ae, peer = _peer(event)
     contexts = event.assoc.accepted_contexts
-    ctx.repo.record_event(
-        "association.accepted",
-        calling_ae=calling_ae,
-        detail=f"peer {peer}; {len(contexts)} presentation context(s) accepted",
-    )
+    with suppress(Exception):  # audit is best effort here; the association goes on
+        ctx.repo.record_event(
+            "association.accepted",
+            calling_ae=calling_ae,
+            detail=f"peer {peer}; {len(contexts)} presentation context(s) accepted",
+        )
 
 
 def rejection_reason(called_ae: str, calling_ae: str, ctx: IngestContext) -> str:

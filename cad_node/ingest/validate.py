@@ -46,7 +46,7 @@ def read_header(path: Path) -> Dataset:
 
 def _check_values_within_file(ds: Dataset, size: int) -> None:
     """Deferred values are skipped by seeking; make sure none claims bytes beyond the end."""
-    for tag in ds.keys():
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset would read deferred values
         elem = ds.get_item(tag, keep_deferred=True)
         if (
             isinstance(elem, RawDataElement)

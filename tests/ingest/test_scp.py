@@ -239,3 +239,34 @@ def test_aborted_transfer_leaves_no_partial_file(node: Node, tmp_path: Path) -> 
     wait_for(lambda: not list(node.spool.incoming.iterdir()), timeout=5)
     assert not node.repo.is_stored(big.SOPInstanceUID)
     assert list(node.spool.root.rglob("*.dcm")) == []
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Any:
+    """A 3 MiB tmpfs: a real filesystem that runs out of space."""
+    import subprocess
+
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_disk_full_while_receiving_answers_out_of_resources(
+    tiny_disk: Path, node_factory: Any
+) -> None:
+    node = node_factory(data_dir=tiny_disk / "data")
+    too_big = mammogram(rows=2048, cols=1024)  # 4 MiB of pixels on a 3 MiB disk
+    assert store(node.scp.port, [too_big]) == [dicom_status.OUT_OF_RESOURCES]
+    assert list(node.spool.incoming.iterdir()) == []  # the partial file gave its space back
+    event = next(e for e in node.repo.recent_events() if e["kind"] == "instance.rejected")
+    assert event["detail"] == "disk full while receiving"
+    # The node keeps serving: an image that fits is stored.
+    assert store(node.scp.port, [mammogram()]) == [dicom_status.SUCCESS]
