@@ -1,0 +1,1 @@
+"""Model inference: preprocessing shared with training, model execution and result mapping."""
