@@ -24,7 +24,7 @@ from cad_node.errors import (
     PixelDataError,
     SopClassMismatchError,
 )
-from cad_node.ingest.receive_file import write_error
+from cad_node.ingest.receive_path import receiving_file
 from cad_node.ingest.spool import Spool, is_out_of_space
 from cad_node.ingest.validate import check_pixel_data, check_uids, read_header
 
@@ -77,11 +77,11 @@ def handle_store(event: Any, ctx: IngestContext) -> int:
     received: Path = event.dataset_path
     study_uid: str | None = None
     try:
-        interrupted = write_error(request)
-        if interrupted is not None:
-            if is_out_of_space(interrupted):
+        received_file = receiving_file(request)
+        if received_file is not None and received_file.error is not None:
+            if is_out_of_space(received_file.error):
                 raise OutOfResourcesError("disk full while receiving")
-            raise interrupted
+            raise received_file.error
         ctx.spool.check_space()
         ds = read_header(received)
         check_uids(ds, sop_class_uid=sop_class, sop_instance_uid=sop_uid)
@@ -90,7 +90,8 @@ def handle_store(event: Any, ctx: IngestContext) -> int:
         study_uid = info.study_instance_uid
         if ctx.repo.is_stored(sop_uid):
             return _duplicate(ctx, calling_ae, peer, sop_uid, sop_class, study_uid)
-        stored = ctx.spool.commit(received, study_uid, sop_uid, transfer_syntax)
+        digest = received_file.sha256 if received_file is not None else None
+        stored = ctx.spool.commit(received, study_uid, sop_uid, transfer_syntax, sha256=digest)
         try:
             reopened = ctx.repo.record_stored(
                 info, stored, status=dicom_status.SUCCESS, calling_ae=calling_ae, peer=peer

@@ -8,7 +8,7 @@ from typing import Any
 
 from pynetdicom import AE, _config, evt
 
-from cad_node.ingest import handlers, receive_file
+from cad_node.ingest import handlers, receive_path
 from cad_node.ingest.handlers import IngestContext
 from cad_node.settings import Settings
 from cad_node.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION, decodable_transfer_syntaxes
@@ -48,7 +48,7 @@ class StorageSCP:
         # Received datasets stream straight to a file in the spool's incoming folder, on the
         # same filesystem as the spool, so acknowledging one is an fsync and a rename.
         _config.STORE_RECV_CHUNKED_DATASET = True
-        receive_file.install()
+        receive_path.install()
         tempfile.tempdir = str(self.ctx.spool.incoming)
         ae = build_ae(self.settings)
         bound = [self.ctx]

@@ -80,17 +80,25 @@ class Spool:
         return self.root / relative
 
     def commit(
-        self, received: Path, study_uid: str, sop_uid: str, transfer_syntax: str
+        self,
+        received: Path,
+        study_uid: str,
+        sop_uid: str,
+        transfer_syntax: str,
+        *,
+        sha256: str | None = None,
     ) -> StoredFile:
         """Make a received file durable under its final name and return what was stored.
 
-        Raises :class:`OutOfResourcesError` when the disk is full.
+        ``sha256`` is the file's digest when the receiver already computed it while the bytes
+        arrived; otherwise it is computed here. Raises :class:`OutOfResourcesError` when the
+        disk is full.
         """
         relative = self.relative_path(study_uid, sop_uid)
         final = self.root / relative
         try:
             with open(received, "rb") as fh:
-                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+                digest = sha256 or hashlib.file_digest(fh, "sha256").hexdigest()
                 size = os.fstat(fh.fileno()).st_size
                 os.fsync(fh.fileno())
             study_dir = final.parent
