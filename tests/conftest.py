@@ -14,8 +14,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cad_node.node import Node  # noqa: E402
-from cad_node.settings import Settings  # noqa: E402
+from cad_node.node import Node
+from cad_node.settings import Settings
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -80,7 +80,7 @@ def node(node_factory: Callable[..., Node]) -> Node:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll until ``predicate`` returns something truthy; fail with a clear message after ``timeout``."""
+    """Poll until ``predicate`` returns something truthy; fail clearly after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

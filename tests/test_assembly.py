@@ -1,6 +1,6 @@
 import pytest
-from pydicom.dataset import Dataset
 from factories import mammogram
+from pydicom.dataset import Dataset
 
 from cad_node.assembly import identify, views_present_and_missing
 from cad_node.domain import Laterality

@@ -56,6 +56,8 @@ def current_revision(url: str) -> str | None:
     """The revision the database is at, or None when it was never migrated."""
     from alembic.runtime.migration import MigrationContext
 
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return None  # do not create an empty database file by looking
     engine = make_engine(url)
     try:
         with engine.connect() as conn:

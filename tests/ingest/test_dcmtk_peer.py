@@ -30,8 +30,9 @@ def test_storescu_four_view_study(node: Node, tmp_path: Path) -> None:
     storescu = require_tool("storescu")
     views = four_views()
     files = [str(write(ds, tmp_path / "in")) for ds in views]
-    result = _run(storescu, "-aet", "MODALITY", "-aec", "CADNODE", "127.0.0.1",
-                  str(node.scp.port), *files)  # fmt: skip
+    result = _run(
+        storescu, "-aet", "MODALITY", "-aec", "CADNODE", "127.0.0.1", str(node.scp.port), *files
+    )
     assert result.returncode == 0, result.stderr
     uid = views[0].StudyInstanceUID
     study = wait_for(
@@ -46,8 +47,9 @@ def test_storescu_rejected_calling_ae(node_factory: object, tmp_path: Path) -> N
     storescu = require_tool("storescu")
     node = node_factory(allowed_calling_aes=["MODALITY"])  # type: ignore[operator]
     file = write(four_views()[0], tmp_path)
-    result = _run(storescu, "-aet", "STRANGER", "-aec", "CADNODE", "127.0.0.1",
-                  str(node.scp.port), str(file))  # fmt: skip
+    result = _run(
+        storescu, "-aet", "STRANGER", "-aec", "CADNODE", "127.0.0.1", str(node.scp.port), str(file)
+    )
     assert result.returncode != 0
     assert "Calling AE Title Not Recognized" in result.stderr + result.stdout
 

@@ -111,7 +111,9 @@ def test_truncated_pixel_data_is_refused_and_node_keeps_serving(node: Node) -> N
         dicom_status.CANNOT_UNDERSTAND_PIXEL_DATA,
         dicom_status.SUCCESS,
     ]
-    rejected = [e for e in node.repo.recent_events(level="warning") if e["kind"] == "instance.rejected"]
+    rejected = [
+        e for e in node.repo.recent_events(level="warning") if e["kind"] == "instance.rejected"
+    ]
     assert rejected and "truncated" in rejected[0]["detail"]
     assert rejected[0]["sop_instance_uid"] == bad.SOPInstanceUID
     assert not node.repo.is_stored(bad.SOPInstanceUID)
@@ -200,7 +202,9 @@ def test_wrong_called_ae_is_rejected(node: Node) -> None:
     assoc = associate(node.scp.port, called="SOMEONEELSE")
     assert assoc.is_rejected
     assert assoc.acceptor.primitive.diagnostic == 7  # called AE title not recognised
-    assert "called AE title" in wait_for(lambda: node.repo.recent_events(level="warning"))[0]["detail"]
+    assert (
+        "called AE title" in wait_for(lambda: node.repo.recent_events(level="warning"))[0]["detail"]
+    )
 
 
 def test_below_disk_reserve_answers_out_of_resources(node_factory: Any) -> None:

@@ -1,0 +1,55 @@
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cad_node.cli import main
+
+
+@pytest.fixture
+def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.setenv("CAD_NODE_DATA_DIR", str(tmp_path / "data"))
+    return CliRunner()
+
+
+def test_help_lists_the_commands(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in ("serve", "audit", "db", "config"):
+        assert command in result.output
+    assert "not a diagnosis" in result.output
+
+
+def test_config_show_reflects_environment(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAD_NODE_AE_TITLE", "SITE_CAD")
+    data = json.loads(runner.invoke(main, ["config", "show"]).output)
+    assert data["ae_title"] == "SITE_CAD"
+    assert data["effective_database_url"].endswith("data/cad-node.db")
+
+
+def test_invalid_setting_is_a_clear_error(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAD_NODE_PORT", "not-a-port")
+    result = runner.invoke(main, ["config", "show"])
+    assert result.exit_code != 0
+    assert "invalid settings" in result.output and "port" in result.output
+
+
+def test_audit_before_any_database_says_what_to_do(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["audit", "studies"])
+    assert result.exit_code != 0
+    assert "cad-node db upgrade" in result.output
+
+
+def test_db_upgrade_then_empty_audit(runner: CliRunner) -> None:
+    upgraded = runner.invoke(main, ["db", "upgrade"])
+    assert upgraded.exit_code == 0, upgraded.output
+    assert "database at revision" in upgraded.output
+    assert runner.invoke(main, ["audit", "studies"]).output.strip() == "no studies yet"
+    assert json.loads(runner.invoke(main, ["audit", "studies", "--json"]).output) == []
+    unknown = runner.invoke(main, ["audit", "show", "1.2.3"])
+    assert unknown.exit_code != 0 and "unknown study" in unknown.output
