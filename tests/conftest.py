@@ -18,6 +18,11 @@ from cad_node.node import Node
 from cad_node.settings import Settings
 
 IN_CI = bool(os.environ.get("CI"))
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_MAMMO = Path(
+    os.environ.get("CAD_NODE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data" / "mammo")
+)
+"""Real mammography samples (mini-MIAS, NYU GMIC exam), beside the checkout as ``../shared``."""
 
 
 @pytest.fixture(autouse=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+from conftest import IN_CI, SHARED_MAMMO
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -34,8 +34,8 @@ from cad_node.inference.preprocess import (
     source_point_to_model,
 )
 
-MIAS_DIR = Path("/work/shared/data/mammo/mini_mias")
-NYU_DIR = Path("/work/shared/data/mammo/nyu_gmic_exam0")
+MIAS_DIR = SHARED_MAMMO / "mini_mias"
+NYU_DIR = SHARED_MAMMO / "nyu_gmic_exam0"
 BITS = 12
 MAX = 2**BITS - 1
 SHAPE = (720, 480)
@@ -370,7 +370,7 @@ def _mias_row(refnum: str) -> dict[str, str]:
         return next(row for row in csv.DictReader(handle) if row["refnum"] == refnum)
 
 
-@pytest.mark.skipif(not MIAS_DIR.is_dir(), reason="mini-MIAS data not available")
+@pytest.mark.skipif(not MIAS_DIR.is_dir() and not IN_CI, reason="mini-MIAS data not available")
 @pytest.mark.parametrize("refnum", ["mdb003", "mdb012"])
 def test_mini_mias_png(refnum: str) -> None:
     from PIL import Image
@@ -400,7 +400,7 @@ def test_mini_mias_png(refnum: str) -> None:
     assert left > right
 
 
-@pytest.mark.skipif(not NYU_DIR.is_dir(), reason="NYU sample exam not available")
+@pytest.mark.skipif(not NYU_DIR.is_dir() and not IN_CI, reason="NYU sample exam not available")
 def test_sixteen_bit_png_keeps_fatty_tissue() -> None:
     from PIL import Image
 
