@@ -28,9 +28,12 @@ from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from factories import mammogram
+from peers import dcmtk_tool
 
 ROWS, COLS = 3328, 2560
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+DCMTK: dict[str, str] = {}
+"""dcmtk tool paths, resolved in main() (not pynetdicom's apps of the same names)."""
 
 
 def free_port() -> int:
@@ -64,7 +67,7 @@ def wait_listening(port: int, called: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         r = subprocess.run(
-            ["echoscu", "-aec", called, "127.0.0.1", str(port)],
+            [DCMTK["echoscu"], "-aec", called, "127.0.0.1", str(port)],
             capture_output=True,
             env=DCMTK_ENV,
             check=False,
@@ -78,7 +81,7 @@ def wait_listening(port: int, called: str, timeout: float = 30) -> None:
 def push(port: int, called: str, files: list[Path]) -> float:
     start = time.perf_counter()
     r = subprocess.run(
-        ["storescu", "-aec", called, "127.0.0.1", str(port), *map(str, files)],
+        [DCMTK["storescu"], "-aec", called, "127.0.0.1", str(port), *map(str, files)],
         capture_output=True,
         text=True,
         env=DCMTK_ENV,
@@ -119,7 +122,17 @@ def run_storescp(work: Path, files: list[Path]) -> float:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     proc = subprocess.Popen(
-        ["storescp", "+B", "--max-pdu", "131072", "-aet", "STORESCP", "-od", str(out), str(port)],
+        [
+            DCMTK["storescp"],
+            "+B",
+            "--max-pdu",
+            "131072",
+            "-aet",
+            "STORESCP",
+            "-od",
+            str(out),
+            str(port),
+        ],
         env=DCMTK_ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -156,8 +169,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     for tool in ("storescu", "storescp", "echoscu"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} not found: apt-get install dcmtk")
+        path = dcmtk_tool(tool)
+        if path is None:
+            sys.exit(f"dcmtk's {tool} not found: apt-get install dcmtk")
+        DCMTK[tool] = path
     with tempfile.TemporaryDirectory(
         prefix="cad-node-bench-", dir=os.environ.get("BENCH_DIR")
     ) as tmp:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +12,8 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from peers import dcmtk_tool
 
 from cad_node.node import Node
 from cad_node.settings import Settings
@@ -34,11 +35,11 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.chdir(tmp_path)
 
 
-def require_tool(name: str) -> str:
-    """The path of an external peer tool; missing is a skip locally but a failure in CI."""
-    path = shutil.which(name)
+def require_dcmtk(name: str) -> str:
+    """The path of a dcmtk tool; missing is a skip locally but a failure in CI."""
+    path = dcmtk_tool(name)
     if path is None:
-        message = f"{name} not installed (scripts/bootstrap installs it)"
+        message = f"dcmtk's {name} not installed (scripts/bootstrap --test installs it)"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
