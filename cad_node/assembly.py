@@ -151,6 +151,17 @@ def identify(ds: Dataset) -> InstanceInfo:
     )
 
 
+def patient_key(ds: Dataset) -> str:
+    """PatientID with any side/view text removed (``Mass-Test_P_00820_LEFT_CC`` -> ``..._P_00820``).
+
+    Used to regroup archives that give every view its own StudyInstanceUID (CBIS-DDSM).
+    """
+    text = _text(ds, "PatientID").upper()
+    for pattern in _TEXT_PATTERNS:
+        text = pattern.sub("", text)
+    return text.strip(" _-.")
+
+
 def views_present_and_missing(views: Iterable[str | None]) -> tuple[list[str], list[str]]:
     """The standard views present among analysable instances, and those missing, sorted."""
     present = sorted({v for v in views if v in STANDARD_VIEWS})

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import click
+from pydicom.dataset import Dataset
 
 from cad_node import __version__
 from cad_node.audit.repository import AuditRepository
@@ -216,3 +217,139 @@ def config_show(ctx: Context) -> None:
     data = ctx.settings.model_dump(mode="json")
     data["effective_database_url"] = ctx.settings.effective_database_url
     click.echo(json.dumps(data, indent=2))
+
+
+def _read_inputs(paths: tuple[Path, ...]) -> list[tuple[Path, Dataset]]:
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+    found: list[tuple[Path, Dataset]] = []
+    for file in files:
+        try:
+            found.append((file, dcmread(file, defer_size="1 MB")))
+        except (InvalidDicomError, OSError):
+            click.echo(f"skipping {file}: not a DICOM file", err=True)
+    return found
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Model folder (default: CAD_NODE_MODEL, else the one models/DEFAULT names).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.option(
+    "--heatmaps",
+    "heatmap_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write a heatmap overlay PNG per analysed image into this folder.",
+)
+@click.option(
+    "--group-by",
+    type=click.Choice(["study", "patient"]),
+    default="study",
+    show_default=True,
+    help="Group images into studies by StudyInstanceUID, or by PatientID without its "
+    "side/view text (for archives like CBIS-DDSM that give each view its own study).",
+)
+@pass_context
+def predict(
+    ctx: Context,
+    inputs: tuple[Path, ...],
+    model_path: Path | None,
+    as_json: bool,
+    heatmap_dir: Path | None,
+    group_by: str,
+) -> None:
+    """Analyse DICOM mammograms offline: per-breast and exam scores, heatmap overlays.
+
+    INPUTS are files or folders (searched recursively). Decision support, not a diagnosis.
+    """
+    from collections import defaultdict
+
+    from PIL import Image
+
+    from cad_node.assembly import patient_key
+    from cad_node.errors import ModelError
+    from cad_node.inference.model import load_cad_model
+    from cad_node.inference.overlay import blend, label
+    from cad_node.inference.predict import DECISION_SUPPORT, analyse_study
+
+    settings = ctx.settings
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    path = model_path or (Path(settings.model) if settings.model else None)
+    try:
+        model = load_cad_model(path, settings.device)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from exc
+    groups: dict[str, list[Dataset]] = defaultdict(list)
+    for _, ds in _read_inputs(inputs):
+        key = patient_key(ds) if group_by == "patient" else str(ds.get("StudyInstanceUID", ""))
+        groups[key or "unknown"].append(ds)
+
+    studies = []
+    for key, datasets in groups.items():
+        uid = str(datasets[0].get("StudyInstanceUID", key)) if group_by == "study" else key
+        analysis = analyse_study(uid, datasets, model, heatmaps=heatmap_dir is not None)
+        studies.append(analysis)
+        if heatmap_dir is not None:
+            folder = heatmap_dir / _safe_name(uid)
+            folder.mkdir(parents=True, exist_ok=True)
+            for image in analysis.images:
+                assert image.display is not None and image.heatmap is not None
+                rgb = label(
+                    blend(image.display, image.heatmap),
+                    [
+                        f"{image.view}  score {image.score:.2f}"
+                        f"{'  SUSPICIOUS' if image.suspicious else ''}",
+                        f"model {model.name} {model.version}",
+                    ],
+                )
+                Image.fromarray(rgb).save(folder / f"{image.view}_{image.sop_instance_uid}.png")
+
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "model": {
+                        "name": model.name,
+                        "version": model.version,
+                        "threshold": model.threshold,
+                    },
+                    "notice": DECISION_SUPPORT,
+                    "studies": [s.to_dict() for s in studies],
+                },
+                indent=2,
+            )
+        )
+        return
+    click.echo(
+        f"model {model.name} {model.version} (threshold {model.threshold:.3f}); {DECISION_SUPPORT}"
+    )
+    for s in studies:
+        exam = "-" if s.exam_score is None else f"{s.exam_score:.3f}"
+        click.echo(
+            f"\nstudy {s.study_instance_uid}: exam score {exam}"
+            f"{'  SUSPICIOUS' if s.exam_suspicious else ''}"
+        )
+        for lat, b in sorted(s.breasts.items()):
+            views = ", ".join(f"{v} {score:.3f}" for v, score in b.views.items())
+            click.echo(f"  {lat}: {b.score:.3f}{'  SUSPICIOUS' if b.suspicious else ''}  ({views})")
+        if s.missing_views:
+            click.echo(f"  missing views: {', '.join(s.missing_views)}")
+        for item in s.not_analysed:
+            click.echo(f"  not analysed {item['sop_instance_uid']}: {item['reason']}")
+        for item in s.errors:
+            click.echo(f"  error {item['sop_instance_uid']}: {item['error']}")
+    if heatmap_dir is not None:
+        click.echo(f"\nheatmap overlays in {heatmap_dir}")
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in text) or "study"

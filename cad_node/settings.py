@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: str = Field(default="", description="model folder; empty: the one models/DEFAULT names")
     max_pdu: int = Field(default=4 * 1024 * 1024, ge=0, description="0: unlimited")
     max_associations: int = Field(default=16, ge=1)
     min_free_mb: int = Field(default=256, ge=0, description="refuse to store below this")

@@ -402,8 +402,10 @@ def _auto_threshold(small: FloatImage, level: float) -> float:
     """``level`` of the way from the triangle threshold (background) to Otsu's (tissue)."""
     if small.max() <= small.min():
         return 1.0
-    background = float(_triangle(small))
-    tissue = max(background, float(_otsu(small)))
+    tissue = float(_otsu(small))
+    # The triangle method takes the tallest histogram peak for the background; when the breast
+    # fills most of the frame that peak is tissue and the threshold would land above it.
+    background = min(float(_triangle(small)), tissue)
     return background + level * (tissue - background)
 
 
@@ -608,11 +610,16 @@ def preprocess_array(
 def preprocess_dataset(
     ds: pydicom.Dataset,
     config: PreprocessConfig = PreprocessConfig(),
+    *,
+    pixels: FloatImage | None = None,
 ) -> Preprocessed:
-    """Decode a DICOM image and turn it into a model input (see :func:`preprocess_array`)."""
+    """Decode a DICOM image and turn it into a model input (see :func:`preprocess_array`).
+
+    ``pixels`` is the result of :func:`pixels_from_dataset` when the caller already has it.
+    """
     orientation = ds.get("PatientOrientation")
     return preprocess_array(
-        pixels_from_dataset(ds),
+        pixels if pixels is not None else pixels_from_dataset(ds),
         laterality=dataset_laterality(ds),
         spacing_mm=dataset_spacing_mm(ds),
         config=config,

@@ -439,3 +439,16 @@ def test_cbis_ddsm_dicoms() -> None:
         assert result.image[0, 150:350, :10].mean() > 0.3
         heat = heatmap_to_source(np.ones(record.model_shape, dtype=np.float32), record)
         assert heat.shape == (ds.Rows, ds.Columns)
+
+
+def test_breast_filling_most_of_the_frame_is_cropped_whole() -> None:
+    """When tissue, not background, is the tallest histogram peak, the crop keeps the breast."""
+    rows, cols = 400, 300
+    rr, cc = np.mgrid[:rows, :cols]
+    tissue = ((rr - rows / 2) ** 2 / (rows * 0.48) ** 2 + cc**2 / (cols * 0.95) ** 2) < 1
+    image = np.where(tissue, 0.3, 0.01).astype(np.float32)
+    image[150:162, 60:72] = 1.0  # a small bright finding must not become "the breast"
+    out = preprocess_array(image, laterality="L", spacing_mm=0.2, config=PreprocessConfig())
+    row0, row1, col0, col1 = out.record.crop
+    covered = tissue[row0:row1, col0:col1].sum() / tissue.sum()
+    assert covered > 0.97, (out.record.crop, covered)

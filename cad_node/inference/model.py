@@ -1,0 +1,165 @@
+"""A loaded CAD model: verified weights, its preprocessing, scores and Grad-CAM heatmaps.
+
+A model is a folder (``models/<name>/``: ``weights.safetensors``, ``manifest.json``,
+``MODEL_CARD.md``) whose weights are checked against the manifest's sha256 before use. Nothing
+is downloaded at run time; without an installed model the node says so plainly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from cad_node.errors import ModelError
+from cad_node.inference.preprocess import PreprocessConfig
+
+log = logging.getLogger(__name__)
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+"""The checkout's ``models/`` folder; ``models/DEFAULT`` names the default model's folder."""
+
+
+def resolve_device(setting: str) -> torch.device:
+    """``auto`` picks CUDA when a GPU is present, else the CPU."""
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ModelError("CAD_NODE_DEVICE=cuda but no CUDA device is available")
+    if setting == "auto":
+        setting = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(setting)
+
+
+def default_model_path(models_dir: Path = MODELS_DIR) -> Path:
+    """The folder named by ``models/DEFAULT``; a clear error when no model is installed."""
+    pointer = models_dir / "DEFAULT"
+    if not pointer.is_file():
+        raise ModelError(
+            f"no model installed: {pointer} does not exist. Train and export one with "
+            "`cad-node train`, or pass --model PATH / set CAD_NODE_MODEL."
+        )
+    return models_dir / pointer.read_text().strip()
+
+
+def _cam_layer(module: nn.Module, size: tuple[int, int]) -> str:
+    """The last module (in execution order) with a spatial 4-D output: Grad-CAM's target."""
+    order: list[str] = []
+    hooks = []
+    for name, sub in module.named_modules():
+        if not name:
+            continue
+
+        def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
+            if isinstance(out, torch.Tensor) and out.ndim == 4 and min(out.shape[2:]) >= 2:
+                order.append(name)
+
+        hooks.append(sub.register_forward_hook(hook))
+    try:
+        device = next(module.parameters()).device
+        with torch.inference_mode():
+            module(torch.zeros(1, 1, *size, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+    if not order:
+        raise ModelError("the model has no spatial layer for Grad-CAM")
+    return order[-1]
+
+
+def _unit_range(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each map to [0, 1] (min to 0, max to 1); a flat map stays all zero.
+
+    MONAI's default post-processing maps (min, max) to (1, 0), i.e. inverts the map.
+    """
+    flat = maps.reshape(len(maps), -1)
+    low = flat.min(dim=1).values.reshape(-1, *[1] * (maps.ndim - 1))
+    span = (flat.max(dim=1).values.reshape(low.shape) - low).clamp_min(1e-12)
+    return ((maps - low) / span).clamp(0.0, 1.0)
+
+
+@dataclass
+class CadModel:
+    """A model ready for inference on one device."""
+
+    module: nn.Module
+    manifest: dict[str, Any]
+    device: torch.device
+    path: Path
+    cam_layer: str = field(default="")
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def threshold(self) -> float:
+        """Operating point: a score at or above it is flagged suspicious."""
+        return float(self.manifest["threshold"])
+
+    @property
+    def positive_class(self) -> str:
+        return str(self.manifest["positive_class"])
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        """The preprocessing the model was trained with (input spacing and size, and more)."""
+        spec = self.manifest["input"]
+        extra = {
+            k: v
+            for k, v in dict(self.manifest.get("preprocess", {})).items()
+            if k in {f.name for f in fields(PreprocessConfig)}
+        }
+        extra.update(spacing_mm=float(spec["spacing_mm"]), size=tuple(spec["size"]))
+        return PreprocessConfig(**extra)
+
+    def scores(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Probability of the positive class for a (N, 1, H, W) batch."""
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        with torch.inference_mode():
+            logits = self.module(x).reshape(len(batch), -1)
+        if logits.shape[1] == 1:
+            probs = torch.sigmoid(logits[:, 0])
+        else:
+            probs = torch.softmax(logits, dim=1)[:, -1]
+        return probs.float().cpu().numpy()
+
+    def heatmaps(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Grad-CAM (MONAI) of the positive output, (N, H, W) on the model grid, each in [0, 1]."""
+        from monai.visualize.class_activation_maps import GradCAM
+
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        cam = GradCAM(
+            nn_module=self.module, target_layers=self.cam_layer, postprocessing=_unit_range
+        )
+        with torch.enable_grad():
+            maps = cam(x=x, class_idx=0)
+        self.module.zero_grad(set_to_none=True)
+        result: npt.NDArray[np.float32] = maps[:, 0].detach().float().cpu().numpy()
+        return result
+
+
+def load_cad_model(path: Path | None = None, device: str = "auto") -> CadModel:
+    """Load and verify a model folder (default: ``models/DEFAULT``) onto ``device``."""
+    from cad_node.training.export import load_model_folder
+
+    folder = path or default_model_path()
+    module, manifest = load_model_folder(folder)
+    target = resolve_device(device)
+    module = module.to(target).eval()
+    model = CadModel(module=module, manifest=manifest, device=target, path=Path(folder))
+    model.cam_layer = str(
+        manifest.get("gradcam_layer") or _cam_layer(module, model.preprocess_config.size)
+    )
+    log.info(
+        "model %s %s on %s (Grad-CAM layer %s)", model.name, model.version, target, model.cam_layer
+    )
+    return model

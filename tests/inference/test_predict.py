@@ -1,0 +1,199 @@
+"""Inference: Grad-CAM, heatmaps on source pixels, study aggregation, the predict command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from factories import mammogram, write
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from torch import nn
+
+from cad_node.cli import main
+from cad_node.errors import ModelError
+from cad_node.inference.model import CadModel, _cam_layer, load_cad_model
+from cad_node.inference.predict import analyse_study
+from cad_node.training import architectures
+from cad_node.training.export import export_model_folder
+
+SIZE = (64, 64)
+
+
+class BrightSpotNet(nn.Module):
+    """Scores the mean of a positive filter response: bright structure drives the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out = nn.Linear(4, 1)
+        with torch.no_grad():
+            self.conv.weight.fill_(1 / 9)
+            self.conv.bias.fill_(-0.6)  # respond only to clearly bright pixels
+            self.out.weight.fill_(1.0)
+            self.out.bias.fill_(-0.05)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.pool(self.act(self.conv(x))).flatten(1))
+
+
+def _model(module: nn.Module, threshold: float = 0.5) -> CadModel:
+    manifest = {
+        "name": "bright-spot",
+        "version": "test",
+        "threshold": threshold,
+        "positive_class": "malignant",
+        "input": {"spacing_mm": 0.8, "size": list(SIZE)},
+    }
+    model = CadModel(module.eval(), manifest, torch.device("cpu"), Path("."))
+    model.cam_layer = _cam_layer(model.module, SIZE)
+    return model
+
+
+def breast(
+    laterality: str, spot: tuple[int, int] | None, *, study_uid: str, view: str = "CC"
+) -> Dataset:
+    """A 400x300 synthetic breast (half-disc from the chest wall) with an optional spot."""
+    rows, cols = 400, 300
+    rr, cc = np.mgrid[:rows, :cols]
+    wall = 0 if laterality == "L" else cols - 1  # left breasts have the chest wall on the left
+    tissue = ((rr - rows / 2) ** 2 / (rows * 0.45) ** 2 + (cc - wall) ** 2 / (cols * 0.8) ** 2) < 1
+    pixels = np.where(tissue, 1200, 40).astype(np.uint16)
+    if spot is not None:
+        r, c = spot
+        pixels[r - 6 : r + 6, c - 6 : c + 6] = 4000
+    ds = mammogram(study_uid=study_uid, laterality=laterality, view=view, rows=rows, cols=cols)
+    ds.PixelData = pixels.tobytes()
+    ds.ImagerPixelSpacing = [0.2, 0.2]
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    return ds
+
+
+def test_cam_layer_is_the_last_spatial_layer() -> None:
+    assert _cam_layer(BrightSpotNet(), SIZE) == "act"
+
+
+def test_gradcam_highlights_the_region_that_drives_the_output() -> None:
+    model = _model(BrightSpotNet())
+    image = np.zeros((1, 1, *SIZE), dtype=np.float32)
+    image[0, 0, 40:46, 10:16] = 1.0
+    cam = model.heatmaps(image)[0]
+    peak = np.unravel_index(np.argmax(cam), cam.shape)
+    assert 38 <= peak[0] <= 48 and 8 <= peak[1] <= 18, peak
+    assert cam[5:20, 40:60].max() < 0.2 * cam.max()  # dark corner stays cold
+
+
+@pytest.mark.parametrize("laterality", ["L", "R"])
+def test_heatmap_lands_on_the_spot_in_the_source_image(laterality: str) -> None:
+    spot = (150, 60) if laterality == "L" else (150, 240)
+    ds = breast(laterality, spot, study_uid=generate_uid())
+    result = analyse_study(ds.StudyInstanceUID, [ds], _model(BrightSpotNet()))
+    [image] = result.images
+    assert image.heatmap is not None and image.heatmap.shape == (400, 300)
+    peak = np.unravel_index(np.argmax(image.heatmap), image.heatmap.shape)
+    assert abs(peak[0] - spot[0]) <= 12 and abs(peak[1] - spot[1]) <= 12, (peak, spot)
+    far = (300, 40) if laterality == "L" else (300, 260)  # tissue, far from the spot
+    assert image.heatmap[far] < 0.2 * image.heatmap.max()
+
+
+def test_study_scores_missing_views_and_bad_images() -> None:
+    uid = generate_uid()
+    bad = breast("R", None, study_uid=uid, view="MLO")
+    bad.PixelData = bad.PixelData[:1000]  # undecodable: this image only
+    datasets = [
+        breast("L", (150, 60), study_uid=uid, view="CC"),
+        breast("L", None, study_uid=uid, view="MLO"),
+        breast("R", None, study_uid=uid, view="CC"),
+        bad,
+        mammogram(study_uid=uid, modality="CR"),
+    ]
+    result = analyse_study(uid, datasets, _model(BrightSpotNet()), heatmaps=False)
+    assert sorted(result.breasts) == ["L", "R"]
+    left, right = result.breasts["L"], result.breasts["R"]
+    assert set(left.views) == {"L-CC", "L-MLO"}
+    assert left.score == pytest.approx(np.mean(list(left.views.values())))
+    assert left.views["L-CC"] > left.views["L-MLO"]  # the spot drives the score
+    assert result.exam_score == max(left.score, right.score)
+    assert result.missing_views == ["R-MLO"]
+    assert [e["sop_instance_uid"] for e in result.errors] == [bad.SOPInstanceUID]
+    assert result.not_analysed[0]["reason"] == "not a mammogram (modality CR)"
+    same = analyse_study(uid, datasets, _model(BrightSpotNet()), heatmaps=False)
+    assert same.to_dict() == result.to_dict()  # same input, same output
+
+
+def _export_small_model(folder: Path) -> Path:
+    torch.manual_seed(0)
+    kwargs = architectures.default_kwargs("light", fast=True)
+    module = architectures.build_model("light", **kwargs).eval()
+    manifest: dict[str, Any] = {
+        "name": "test-light",
+        "version": "0.0.1",
+        "architecture": "light",
+        "architecture_kwargs": kwargs,
+        "input": {"spacing_mm": 0.8, "size": list(SIZE)},
+        "class_names": ["not_malignant", "malignant"],
+        "positive_class": "malignant",
+        "threshold": 0.5,
+        "training_data": {"description": "weights made in a unit test; not a model"},
+        "metrics": {},
+        "smoke_test": True,
+    }
+    return export_model_folder(module, folder, manifest)
+
+
+def test_tampered_weights_are_refused(tmp_path: Path) -> None:
+    folder = _export_small_model(tmp_path / "m")
+    weights = folder / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="checksum"):
+        load_cad_model(folder, "cpu")
+
+
+def test_without_an_installed_model_the_node_says_so(tmp_path: Path) -> None:
+    from cad_node.inference.model import default_model_path
+
+    with pytest.raises(ModelError, match="no model installed"):
+        default_model_path(tmp_path)
+
+
+def test_predict_command_json_and_heatmaps(tmp_path: Path) -> None:
+    folder = _export_small_model(tmp_path / "model")
+    uid = generate_uid()
+    files = [
+        write(breast(lat, None, study_uid=uid, view=view), tmp_path / "in")
+        for lat, view in [("L", "CC"), ("L", "MLO"), ("R", "CC")]
+    ]
+    result = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            str(tmp_path / "in"),
+            "--model",
+            str(folder),
+            "--json",
+            "--heatmaps",
+            str(tmp_path / "maps"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["model"] == {"name": "test-light", "version": "0.0.1", "threshold": 0.5}
+    [study] = data["studies"]
+    assert study["study_instance_uid"] == uid
+    assert set(study["breasts"]) == {"L", "R"}
+    assert set(study["breasts"]["L"]) == {"score", "suspicious", "views"}
+    assert study["exam_score"] == max(b["score"] for b in study["breasts"].values())
+    assert study["missing_views"] == ["R-MLO"] and study["errors"] == []
+    pngs = sorted((tmp_path / "maps").rglob("*.png"))
+    assert len(pngs) == len(files)
+    text = CliRunner().invoke(main, ["predict", str(files[0]), "--model", str(folder)])
+    assert "not a diagnosis" in text.output and "L:" in text.output
