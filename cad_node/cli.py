@@ -162,9 +162,13 @@ def audit_studies(ctx: Context, as_json: bool, limit: int) -> None:
 @pass_context
 def audit_show(ctx: Context, study_uid: str, as_json: bool) -> None:
     """Show one study: state, views, every instance and every event."""
-    study = _repository(ctx).show_study(study_uid)
+    repo = _repository(ctx)
+    study = repo.show_study(study_uid)
     if study is None:
         raise click.ClickException(f"unknown study {study_uid}")
+    from cad_node.audit.jobs import JobRepository
+
+    study["jobs"] = JobRepository(repo.engine).jobs_of_study(study_uid)
     if as_json:
         click.echo(json.dumps(study, indent=2))
         return
@@ -182,6 +186,26 @@ def audit_show(ctx: Context, study_uid: str, as_json: bool) -> None:
             f"  {i['received_at']}  {i['outcome']:<9} {i['status']}  {i['sop_instance_uid']}"
             f"  {what}  {size}"
         )
+    click.echo(f"\njobs ({len(study['jobs'])}):")
+    for job in study["jobs"]:
+        result = job["result"] or {}
+        exam = result.get("exam_score")
+        breasts = ", ".join(
+            f"{lat} {b['score']:.3f}{' suspicious' if b['suspicious'] else ''}"
+            for lat, b in sorted((result.get("breasts") or {}).items())
+        )
+        click.echo(
+            f"  job {job['job_id']} revision {job['revision']}: {job['state']}"
+            f" (attempts {job['attempts']}, worker {job['worker'] or '-'})"
+            + (f"; exam {exam:.3f}; {breasts}" if exam is not None else "")
+            + (f"; error: {job['error']}" if job["error"] else "")
+        )
+        for d in job["deliveries"]:
+            click.echo(
+                f"    {d['kind']:<13} -> {d['destination']}: {d['state']}"
+                f" (attempts {d['attempts']}, last status {d['last_status'] or '-'})"
+                + (f" {d['last_error']}" if d["last_error"] and d["state"] != "sent" else "")
+            )
     click.echo(f"\nevents ({len(study['events'])}):")
     for e in study["events"]:
         click.echo(f"  {e['at']}  {e['level']:<7} {e['kind']:<20} {e['detail'] or ''}")
@@ -353,3 +377,61 @@ def predict(
 
 def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in ".-_" else "_" for c in text) or "study"
+
+
+@main.command()
+@click.option(
+    "--queues",
+    default="inference,delivery",
+    show_default=True,
+    help="Comma-separated queues to take work from (GPU workers: inference).",
+)
+@click.option("--concurrency", default=1, show_default=True, help="Worker processes.")
+@pass_context
+def worker(ctx: Context, queues: str, concurrency: int) -> None:
+    """Run a Celery worker (needs CAD_NODE_BROKER_URL; shares database and data dir)."""
+    settings = ctx.settings
+    if not settings.broker_url:
+        raise click.ClickException(
+            "CAD_NODE_BROKER_URL is empty: `cad-node serve` runs jobs itself (embedded queue)"
+        )
+    _setup_logging(settings.log_level)
+    from cad_node.audit.db import upgrade
+    from cad_node.pipeline.celery_app import configure
+
+    upgrade(settings.effective_database_url)
+    app = configure(settings)
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            settings.log_level,
+            "--without-gossip",
+            "--without-mingle",
+            "--hostname",
+            f"cad-node-{'-'.join(queues.split(','))}@%h",
+        ]
+    )
+
+
+@main.command()
+@click.option("--retry-failed", is_flag=True, help="Re-queue deliveries whose retries ran out.")
+@pass_context
+def send(ctx: Context, retry_failed: bool) -> None:
+    """Send what waits in the outbox now (the node also retries on its own schedule)."""
+    from cad_node.pipeline import tasks
+    from cad_node.pipeline.context import PipelineContext
+
+    _repository(ctx)  # a clear error when there is no database yet
+    pipeline = PipelineContext(ctx.settings)
+    try:
+        if retry_failed:
+            click.echo(f"re-queued {pipeline.jobs.retry_failed()} failed delivery(ies)")
+        summary = tasks.deliver(pipeline)
+        click.echo(f"sent {summary.sent}, to retry {summary.retrying}, failed {summary.failed}")
+    finally:
+        pipeline.close()

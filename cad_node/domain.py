@@ -46,3 +46,26 @@ STANDARD_VIEWS: Final[tuple[str, ...]] = tuple(
     view_name(lat, pos) for lat in Laterality for pos in ViewPosition
 )
 """``("L-CC", "L-MLO", "R-CC", "R-MLO")``: a complete screening exam."""
+
+
+class JobState(enum.StrEnum):
+    """Where a study's analysis job is."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    """Analysis (inference and encoding of the result objects) under way."""
+    DELIVERING = "delivering"
+    """Results are written to the outbox; sending to destinations."""
+    DONE = "done"
+    """Every result object reached every destination (or there are no destinations)."""
+    FAILED = "failed"
+    """A terminal failure; ``error`` says why."""
+
+
+class DeliveryState(enum.StrEnum):
+    """One result object for one destination."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    """The retry budget is spent; ``cad-node send --retry-failed`` tries again."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 from cad_node.audit.db import make_engine, upgrade
 from cad_node.audit.models import utcnow
@@ -12,6 +13,9 @@ from cad_node.audit.repository import AuditRepository, CompletedStudy
 from cad_node.ingest.handlers import IngestContext
 from cad_node.ingest.scp import StorageSCP
 from cad_node.ingest.spool import Spool
+from cad_node.pipeline import tasks
+from cad_node.pipeline.context import PipelineContext
+from cad_node.pipeline.embedded import EmbeddedQueue
 from cad_node.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,16 +81,21 @@ class StudyMonitor:
                 log.error("study monitor pass failed (%s); retrying", type(exc).__name__)
 
 
-def _no_pipeline(study: CompletedStudy) -> None:
-    """Hand-off used when no pipeline is attached: the monitor's log line is all."""
+class JobQueue(Protocol):
+    """Where the node puts jobs: the embedded queue or Celery."""
+
+    def enqueue(self, job_id: int) -> None: ...
+
+    def shutdown(self) -> None: ...
 
 
 class Node:
-    """Everything ``cad-node serve`` runs, startable and stoppable in-process (tests use it)."""
+    """Everything ``cad-node serve`` runs, startable and stoppable in-process (tests use it).
 
-    def __init__(
-        self, settings: Settings, on_complete: StudyCompleteCallback | None = None
-    ) -> None:
+    With ``pipeline=False`` the node only ingests and assembles studies (no jobs are created).
+    """
+
+    def __init__(self, settings: Settings, *, pipeline: bool = True) -> None:
         self.settings = settings
         url = settings.effective_database_url
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -103,9 +112,34 @@ class Node:
             allowed_calling_aes=tuple(settings.allowed_calling_aes),
         )
         self.scp = StorageSCP(settings, ctx)
-        self.monitor = StudyMonitor(
-            self.repo, settings.study_quiet_seconds, on_complete or _no_pipeline
-        )
+        self.monitor = StudyMonitor(self.repo, settings.study_quiet_seconds, self._on_complete)
+        self.pipeline: PipelineContext | None = None
+        self.queue: JobQueue | None = None
+        self._sweeper: threading.Thread | None = None
+        self._stopping = threading.Event()
+        if pipeline:
+            self.pipeline = PipelineContext(settings)
+            if settings.broker_url:
+                from cad_node.pipeline.celery_app import CeleryQueue
+
+                self.queue = CeleryQueue(settings)
+            else:
+                self.queue = EmbeddedQueue(self.pipeline)
+
+    def _on_complete(self, study: CompletedStudy) -> None:
+        if self.pipeline is None or self.queue is None:
+            return
+        job_id, created = self.pipeline.jobs.create_job(study.study_instance_uid, study.revision)
+        if created:
+            self.queue.enqueue(job_id)
+
+    def _sweep_outbox(self) -> None:
+        assert self.pipeline is not None
+        while not self._stopping.wait(self.settings.delivery_sweep_seconds):
+            try:
+                tasks.deliver(self.pipeline)
+            except Exception as exc:
+                log.error("outbox sweep failed (%s); retrying", type(exc).__name__)
 
     def start(self) -> None:
         """Recover from any crash, then listen and start the study monitor."""
@@ -119,6 +153,13 @@ class Node:
         self.repo.record_event(
             "node.started", detail=f"{self.settings.ae_title} on port {self.scp.port}"
         )
+        if self.pipeline is not None and self.queue is not None:
+            for job_id in self.pipeline.jobs.unfinished_jobs():  # interrupted by a restart
+                self.queue.enqueue(job_id)
+            self._sweeper = threading.Thread(
+                target=self._sweep_outbox, name="outbox-sweeper", daemon=True
+            )
+            self._sweeper.start()
         self.monitor.check_once()  # studies left pending by a restart
         self.monitor.start()
 
@@ -126,5 +167,12 @@ class Node:
         """Stop listening and monitoring; the database stays consistent at any point."""
         self.scp.stop()
         self.monitor.stop()
+        self._stopping.set()
+        if self.queue is not None:
+            self.queue.shutdown()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=10)
         self.repo.record_event("node.stopped")
+        if self.pipeline is not None:
+            self.pipeline.close()
         self.engine.dispose()

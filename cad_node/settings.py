@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     destinations: list[Destination] = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     model: str = Field(default="", description="model folder; empty: the one models/DEFAULT names")
+    delivery_max_attempts: int = Field(
+        default=8, ge=1, description="then the object waits in the outbox"
+    )
+    delivery_backoff_seconds: float = Field(default=5.0, gt=0)
+    delivery_backoff_max_seconds: float = Field(default=600.0, gt=0)
+    delivery_timeout_seconds: float = Field(default=30.0, gt=0)
+    delivery_sweep_seconds: float = Field(default=5.0, gt=0, description="outbox retry check")
     max_pdu: int = Field(default=4 * 1024 * 1024, ge=0, description="0: unlimited")
     max_associations: int = Field(default=16, ge=1)
     min_free_mb: int = Field(default=256, ge=0, description="refuse to store below this")

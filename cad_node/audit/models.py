@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -136,3 +137,53 @@ class Event(Base):
     sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH), nullable=True)
     calling_ae: Mapped[str | None] = mapped_column(String(AE_LENGTH), nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Job(Base):
+    """One analysis of one study revision: the unit the pipeline queues, runs and retries."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("study_id", "revision"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    model_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The analysis (scores per view, breast and exam) as reported."""
+    report_sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH), nullable=True)
+    """The Mammography CAD SR written for this job; a later revision's SR references it."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Delivery(Base):
+    """One result object for one destination, and what happened when it was sent."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("sop_instance_uid", "destination"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(128))
+    """``AE@host:port``."""
+    kind: Mapped[str] = mapped_column(String(32))
+    sop_class_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    sop_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    path: Mapped[str] = mapped_column(Text)
+    """Relative to the outbox directory."""
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

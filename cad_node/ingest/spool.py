@@ -17,18 +17,11 @@ from pathlib import Path
 
 from cad_node.audit.repository import StoredFile
 from cad_node.errors import MissingUidError, OutOfResourcesError
+from cad_node.fsutil import fsync_dir
 
 log = logging.getLogger(__name__)
 
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _safe_uid(uid: str) -> str:
@@ -104,9 +97,9 @@ class Spool:
             study_dir = final.parent
             if not study_dir.is_dir():
                 study_dir.mkdir(parents=True, exist_ok=True)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
             os.replace(received, final)
-            _fsync_dir(study_dir)
+            fsync_dir(study_dir)
         except OSError as exc:
             if is_out_of_space(exc):
                 raise OutOfResourcesError("disk full while storing") from exc

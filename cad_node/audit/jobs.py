@@ -1,0 +1,418 @@
+"""Jobs and deliveries in the audit database: queue state, results and every send."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
+
+from cad_node.audit.models import Delivery, Event, Instance, Job, Study, utcnow
+from cad_node.domain import DeliveryState, InstanceOutcome, JobState
+
+
+class StaleJobError(Exception):
+    """A worker tried to finish an attempt that is no longer the job's current one."""
+
+
+@dataclass(frozen=True)
+class JobStart:
+    """What a worker needs to run a job, read when it claims it."""
+
+    job_id: int
+    study_instance_uid: str
+    revision: int
+    attempt: int
+    instance_paths: list[str]
+    """Spool-relative paths of the study's stored instances."""
+    predecessor_report_uid: str | None
+    """The Mammography CAD SR of the study's previous completed job, if any."""
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    """A result object written to the outbox."""
+
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    path: str
+    """Relative to the outbox directory."""
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    """A delivery claimed for sending."""
+
+    id: int
+    job_id: int
+    destination: str
+    path: str
+    sop_instance_uid: str
+    attempts: int
+
+
+class JobRepository:
+    """Thread-safe access to jobs and deliveries (one session per call)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def _event(self, kind: str, study_uid: str | None, detail: str, level: str = "info") -> Event:
+        return Event(
+            at=utcnow(), kind=kind, level=level, study_instance_uid=study_uid, detail=detail
+        )
+
+    def create_job(self, study_instance_uid: str, revision: int) -> tuple[int, bool]:
+        """The job for this study revision, created if new: ``(job_id, created)``.
+
+        One job per (study, revision): a redelivered completion or a restart never creates a
+        second, independent job for the same content.
+        """
+        try:
+            with self._sessions.begin() as session:
+                study_id = session.scalar(
+                    select(Study.id).where(Study.study_instance_uid == study_instance_uid)
+                )
+                if study_id is None:
+                    raise KeyError(study_instance_uid)
+                job = Job(
+                    study_id=study_id,
+                    study_instance_uid=study_instance_uid,
+                    revision=revision,
+                    state=JobState.QUEUED,
+                    attempts=0,
+                    created_at=utcnow(),
+                )
+                session.add(job)
+                session.flush()
+                session.add(
+                    self._event(
+                        "job.queued", study_instance_uid, f"job {job.id} revision {revision}"
+                    )
+                )
+                return job.id, True
+        except IntegrityError:
+            with self._sessions() as session:
+                existing = session.scalar(
+                    select(Job.id)
+                    .join(Study, Study.id == Job.study_id)
+                    .where(Study.study_instance_uid == study_instance_uid, Job.revision == revision)
+                )
+                assert existing is not None
+                return existing, False
+
+    def unfinished_jobs(self) -> list[int]:
+        """Jobs queued or interrupted while running (re-queued at start-up)."""
+        with self._sessions() as session:
+            return list(
+                session.scalars(
+                    select(Job.id)
+                    .where(Job.state.in_([JobState.QUEUED, JobState.RUNNING]))
+                    .order_by(Job.id)
+                )
+            )
+
+    def start_job(self, job_id: int, worker: str) -> JobStart | None:
+        """Claim a job for analysis; None when it is already past analysis (idempotence)."""
+        with self._sessions.begin() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.state not in (JobState.QUEUED, JobState.RUNNING):
+                return None
+            job.state = JobState.RUNNING
+            job.attempts += 1
+            job.worker = worker
+            job.started_at = utcnow()
+            paths = session.scalars(
+                select(Instance.path)
+                .where(
+                    Instance.study_id == job.study_id,
+                    Instance.outcome == InstanceOutcome.STORED,
+                    Instance.path.is_not(None),
+                )
+                .order_by(Instance.id)
+            ).all()
+            previous = session.scalar(
+                select(Job.report_sop_instance_uid)
+                .where(
+                    Job.study_id == job.study_id,
+                    Job.revision < job.revision,
+                    Job.report_sop_instance_uid.is_not(None),
+                )
+                .order_by(Job.revision.desc())
+                .limit(1)
+            )
+            session.add(
+                self._event(
+                    "job.started",
+                    job.study_instance_uid,
+                    f"job {job.id} attempt {job.attempts} on {worker}",
+                )
+            )
+            return JobStart(
+                job_id=job.id,
+                study_instance_uid=job.study_instance_uid,
+                revision=job.revision,
+                attempt=job.attempts,
+                instance_paths=[p for p in paths if p],
+                predecessor_report_uid=previous,
+            )
+
+    def finish_analysis(
+        self,
+        job_id: int,
+        *,
+        attempt: int,
+        result: dict[str, Any],
+        model: dict[str, str],
+        report_sop_instance_uid: str | None,
+        objects: Sequence[ResultObject],
+        destinations: Sequence[str],
+    ) -> JobState:
+        """Record the analysis and queue one delivery per object and destination, atomically.
+
+        Only the worker holding the job's current ``attempt`` may finish it: a stale worker (one
+        presumed dead whose task was redelivered) gets :class:`StaleJobError` and its results
+        are discarded, so a job's results are recorded and sent once.
+        """
+        now = utcnow()
+        with self._sessions.begin() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise KeyError(job_id)
+            if job.state != JobState.RUNNING or job.attempts != attempt:
+                raise StaleJobError(f"job {job_id} attempt {attempt} is no longer current")
+            job.result = result
+            job.model_name = model.get("name")
+            job.model_version = model.get("version")
+            job.model_sha256 = model.get("sha256")
+            job.report_sop_instance_uid = report_sop_instance_uid
+            job.error = None
+            for destination in destinations:
+                for obj in objects:
+                    session.add(
+                        Delivery(
+                            job_id=job_id,
+                            destination=destination,
+                            kind=obj.kind,
+                            sop_class_uid=obj.sop_class_uid,
+                            sop_instance_uid=obj.sop_instance_uid,
+                            path=obj.path,
+                            state=DeliveryState.PENDING,
+                            attempts=0,
+                            next_attempt_at=now,
+                            created_at=now,
+                        )
+                    )
+            job.state = JobState.DELIVERING if destinations and objects else JobState.DONE
+            if job.state == JobState.DONE:
+                job.finished_at = now
+            exam = result.get("exam_score")
+            session.add(
+                self._event(
+                    "job.analysed",
+                    job.study_instance_uid,
+                    f"job {job_id}: exam score {exam if exam is None else f'{exam:.3f}'}; "
+                    f"{len(objects)} object(s) for {len(destinations)} destination(s)",
+                )
+            )
+            return JobState(job.state)
+
+    def fail_job(self, job_id: int, error: str, *, terminal: bool) -> None:
+        """Record a failed attempt: back to queued for a retry, or failed for good."""
+        with self._sessions.begin() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return
+            job.error = error
+            job.state = JobState.FAILED if terminal else JobState.QUEUED
+            if terminal:
+                job.finished_at = utcnow()
+            session.add(
+                self._event(
+                    "job.failed" if terminal else "job.retry",
+                    job.study_instance_uid,
+                    f"job {job_id} attempt {job.attempts}: {error}",
+                    level="error" if terminal else "warning",
+                )
+            )
+
+    def claim_due(
+        self, now: datetime, *, lease_seconds: float, job_id: int | None = None, limit: int = 64
+    ) -> list[DueDelivery]:
+        """Pending deliveries whose time has come, leased so no other sender takes them."""
+        lease_until = now + timedelta(seconds=lease_seconds)
+        with self._sessions.begin() as session:
+            query = (
+                select(Delivery)
+                .where(
+                    Delivery.state == DeliveryState.PENDING,
+                    or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+                )
+                .order_by(Delivery.id)
+                .limit(limit)
+            )
+            if job_id is not None:
+                query = query.where(Delivery.job_id == job_id)
+            claimed = []
+            for row in session.scalars(query).all():
+                took = session.execute(
+                    update(Delivery)
+                    .where(
+                        and_(
+                            Delivery.id == row.id,
+                            Delivery.state == DeliveryState.PENDING,
+                            Delivery.next_attempt_at == row.next_attempt_at,
+                        )
+                    )
+                    .values(next_attempt_at=lease_until)
+                    .returning(Delivery.id)
+                    .execution_options(synchronize_session=False)
+                ).first()
+                if took is not None:
+                    claimed.append(
+                        DueDelivery(
+                            row.id,
+                            row.job_id,
+                            row.destination,
+                            row.path,
+                            row.sop_instance_uid,
+                            row.attempts,
+                        )
+                    )
+            return claimed
+
+    def record_send(
+        self,
+        delivery_id: int,
+        *,
+        delivered: bool,
+        status: int | None,
+        error: str | None,
+        retry_at: datetime | None,
+    ) -> None:
+        """Record one send attempt; ``retry_at`` None after a failure means the budget is spent."""
+        now = utcnow()
+        with self._sessions.begin() as session:
+            row = session.get(Delivery, delivery_id)
+            if row is None:
+                return
+            row.attempts += 1
+            row.last_status = status
+            row.last_error = error
+            if delivered:
+                row.state, row.sent_at, row.next_attempt_at = DeliveryState.SENT, now, None
+            elif retry_at is None:
+                row.state, row.next_attempt_at = DeliveryState.FAILED, None
+            else:
+                row.next_attempt_at = retry_at
+            job = session.get(Job, row.job_id)
+            assert job is not None
+            status_text = "-" if status is None else f"0x{status:04X}"
+            kind = (
+                "delivery.sent"
+                if delivered
+                else ("delivery.failed" if retry_at is None else "delivery.retry")
+            )
+            session.add(
+                self._event(
+                    kind,
+                    job.study_instance_uid,
+                    f"{row.kind} {row.sop_instance_uid} to {row.destination}: status {status_text}"
+                    + (f"; {error}" if error else ""),
+                    level="info" if delivered else ("error" if retry_at is None else "warning"),
+                )
+            )
+            session.flush()
+            self._settle_job(session, job)
+
+    def _settle_job(self, session: Any, job: Job) -> None:
+        states = set(session.scalars(select(Delivery.state).where(Delivery.job_id == job.id)).all())
+        if job.state != JobState.DELIVERING or DeliveryState.PENDING in states:
+            return
+        job.finished_at = utcnow()
+        if states <= {DeliveryState.SENT}:
+            job.state = JobState.DONE
+            session.add(self._event("job.done", job.study_instance_uid, f"job {job.id} delivered"))
+        else:
+            job.state = JobState.FAILED
+            job.error = "some results could not be delivered (see deliveries)"
+            session.add(
+                self._event(
+                    "job.failed",
+                    job.study_instance_uid,
+                    f"job {job.id}: {job.error}",
+                    level="error",
+                )
+            )
+
+    def retry_failed(self) -> int:
+        """Put every failed delivery back in the queue (and its job back to delivering)."""
+        now = utcnow()
+        with self._sessions.begin() as session:
+            failed = session.scalars(
+                select(Delivery).where(Delivery.state == DeliveryState.FAILED)
+            ).all()
+            for row in failed:
+                row.state, row.attempts, row.next_attempt_at = DeliveryState.PENDING, 0, now
+                job = session.get(Job, row.job_id)
+                if job is not None and job.state == JobState.FAILED and job.result is not None:
+                    job.state, job.error, job.finished_at = JobState.DELIVERING, None, None
+            if failed:
+                session.add(self._event("delivery.requeued", None, f"{len(failed)} object(s)"))
+            return len(failed)
+
+    def jobs_of_study(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        """Jobs of a study with their deliveries, oldest first (for ``audit show``)."""
+        with self._sessions() as session:
+            jobs = session.scalars(
+                select(Job).where(Job.study_instance_uid == study_instance_uid).order_by(Job.id)
+            ).all()
+            out = []
+            for job in jobs:
+                deliveries = session.scalars(
+                    select(Delivery).where(Delivery.job_id == job.id).order_by(Delivery.id)
+                ).all()
+                out.append(
+                    {
+                        "job_id": job.id,
+                        "revision": job.revision,
+                        "state": job.state,
+                        "attempts": job.attempts,
+                        "worker": job.worker,
+                        "error": job.error,
+                        "model": {"name": job.model_name, "version": job.model_version},
+                        "result": job.result,
+                        "report_sop_instance_uid": job.report_sop_instance_uid,
+                        "created_at": job.created_at.isoformat(),
+                        "started_at": job.started_at.isoformat() if job.started_at else None,
+                        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+                        "deliveries": [
+                            {
+                                "destination": d.destination,
+                                "kind": d.kind,
+                                "sop_instance_uid": d.sop_instance_uid,
+                                "state": d.state,
+                                "attempts": d.attempts,
+                                "last_status": None
+                                if d.last_status is None
+                                else f"0x{d.last_status:04X}",
+                                "last_error": d.last_error,
+                                "sent_at": d.sent_at.isoformat() if d.sent_at else None,
+                            }
+                            for d in deliveries
+                        ],
+                    }
+                )
+            return out
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state, for ops at a glance."""
+        with self._sessions() as session:
+            rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+            return {str(state): int(n) for state, n in rows}

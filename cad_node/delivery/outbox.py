@@ -1,0 +1,141 @@
+"""Sending what is due from the outbox, with capped exponential backoff.
+
+Result objects are files under ``outbox/``; the audit database holds one delivery row per
+object and destination. Each call claims the due rows (a lease keeps other senders off them),
+sends per destination in parallel (one association each, so a dead or refusing PACS never
+delays the others) and records every outcome. After the retry budget an object stays in the
+outbox as ``failed`` until ``cad-node send --retry-failed``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cad_node.audit.jobs import DueDelivery, JobRepository
+from cad_node.audit.models import utcnow
+from cad_node.delivery.scu import SendOutcome, send_files
+from cad_node.settings import Destination, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry one object."""
+
+    max_attempts: int = 8
+    base_seconds: float = 5.0
+    max_seconds: float = 600.0
+
+    def next_attempt(self, attempts_done: int, now: datetime) -> datetime | None:
+        """When to try again after ``attempts_done`` failures; None once the budget is spent."""
+        if attempts_done >= self.max_attempts:
+            return None
+        delay = min(self.max_seconds, self.base_seconds * 2 ** max(0, attempts_done - 1))
+        return now + timedelta(seconds=delay)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            settings.delivery_max_attempts,
+            settings.delivery_backoff_seconds,
+            settings.delivery_backoff_max_seconds,
+        )
+
+
+@dataclass(frozen=True)
+class DeliverySummary:
+    """What one pass sent."""
+
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+
+
+class Outbox:
+    """Sends due result objects to the configured destinations."""
+
+    def __init__(
+        self,
+        jobs: JobRepository,
+        root: Path,
+        destinations: Sequence[Destination],
+        *,
+        calling_ae: str,
+        policy: RetryPolicy,
+        timeout: float = 30.0,
+    ) -> None:
+        self.jobs = jobs
+        self.root = root
+        self.destinations = {str(d): d for d in destinations}
+        self.calling_ae = calling_ae
+        self.policy = policy
+        self.timeout = timeout
+
+    def deliver_due(self, *, job_id: int | None = None) -> DeliverySummary:
+        """Send every due object (of one job, or all); record each outcome."""
+        lease = self.timeout * 4 + 60
+        due = self.jobs.claim_due(utcnow(), lease_seconds=lease, job_id=job_id)
+        if not due:
+            return DeliverySummary()
+        by_destination: dict[str, list[DueDelivery]] = defaultdict(list)
+        for item in due:
+            by_destination[item.destination].append(item)
+        with ThreadPoolExecutor(max_workers=len(by_destination)) as pool:
+            results = list(pool.map(self._send_to, by_destination.items()))
+        sent = sum(r[0] for r in results)
+        retrying = sum(r[1] for r in results)
+        failed = sum(r[2] for r in results)
+        return DeliverySummary(sent, retrying, failed)
+
+    def _send_to(self, item: tuple[str, list[DueDelivery]]) -> tuple[int, int, int]:
+        key, rows = item
+        destination = self.destinations.get(key)
+        if destination is None:
+            outcomes = [
+                SendOutcome(
+                    self.root / r.path, r.sop_instance_uid, None, "destination no longer configured"
+                )
+                for r in rows
+            ]
+        else:
+            outcomes = send_files(
+                destination,
+                [self.root / r.path for r in rows],
+                calling_ae=self.calling_ae,
+                timeout=self.timeout,
+            )
+        counts = [0, 0, 0]
+        now = utcnow()
+        for row, outcome in zip(rows, outcomes, strict=True):
+            retry_at = (
+                None if outcome.delivered else self.policy.next_attempt(row.attempts + 1, now)
+            )
+            if destination is None:
+                retry_at = None
+            self.jobs.record_send(
+                row.id,
+                delivered=outcome.delivered,
+                status=outcome.status,
+                error=outcome.error,
+                retry_at=retry_at,
+            )
+            counts[0 if outcome.delivered else (1 if retry_at else 2)] += 1
+        if counts[1] or counts[2]:
+            log.warning(
+                "delivery to %s: %d sent, %d to retry, %d failed (%s)",
+                key,
+                counts[0],
+                counts[1],
+                counts[2],
+                next((o.error for o in outcomes if o.error), ""),
+            )
+        else:
+            log.info("delivered %d object(s) to %s", counts[0], key)
+        return counts[0], counts[1], counts[2]

@@ -1,0 +1,103 @@
+"""C-STORE SCU: one association per destination, proposing exactly what is being sent."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE
+
+from cad_node.settings import Destination
+
+log = logging.getLogger(__name__)
+
+_SUCCESS_OR_WARNING = {0x0000, 0xB000, 0xB006, 0xB007}
+"""C-STORE statuses meaning the peer stored the object (PS3.4 Table B.2-1)."""
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What happened to one object."""
+
+    path: Path
+    sop_instance_uid: str
+    status: int | None
+    """The peer's C-STORE status; None when no response came (no association, abort...)."""
+    error: str | None
+
+    @property
+    def delivered(self) -> bool:
+        return self.error is None and self.status in _SUCCESS_OR_WARNING
+
+
+def _describe_rejection(assoc: object) -> str:
+    acceptor = getattr(assoc, "acceptor", None)
+    primitive = getattr(acceptor, "primitive", None)
+    diagnostic = getattr(primitive, "diagnostic", None)
+    reasons = {
+        1: "no reason given",
+        2: "application context not supported",
+        3: "calling AE title (ours) not recognised",
+        7: "called AE title not recognised",
+    }
+    if diagnostic is None:
+        return "association rejected"
+    return f"association rejected: {reasons.get(int(diagnostic), f'reason {diagnostic}')}"
+
+
+def send_files(
+    destination: Destination,
+    files: Sequence[Path],
+    *,
+    calling_ae: str,
+    timeout: float = 30.0,
+) -> list[SendOutcome]:
+    """Send ``files`` over one association; one outcome per file, never an exception."""
+    headers = [(path, dcmread(path, stop_before_pixels=True)) for path in files]
+    contexts: dict[str, set[str]] = defaultdict(set)
+    for _, ds in headers:
+        contexts[str(ds.SOPClassUID)].add(str(ds.file_meta.TransferSyntaxUID))
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = min(timeout, 10.0)
+    for sop_class, syntaxes in sorted(contexts.items()):
+        ae.add_requested_context(sop_class, sorted(syntaxes))
+
+    def all_failed(reason: str) -> list[SendOutcome]:
+        return [SendOutcome(p, str(ds.SOPInstanceUID), None, reason) for p, ds in headers]
+
+    try:
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    except Exception as exc:  # DNS failures and the like
+        return all_failed(f"cannot connect: {type(exc).__name__}")
+    if assoc.is_rejected:
+        return all_failed(_describe_rejection(assoc))
+    if not assoc.is_established:
+        return all_failed("cannot connect or association aborted")
+    outcomes: list[SendOutcome] = []
+    try:
+        for path, header in headers:
+            uid = str(header.SOPInstanceUID)
+            if not assoc.is_established:
+                outcomes.append(SendOutcome(path, uid, None, "association lost"))
+                continue
+            try:
+                response = assoc.send_c_store(dcmread(path))
+            except Exception as exc:
+                outcomes.append(SendOutcome(path, uid, None, f"send failed: {type(exc).__name__}"))
+                continue
+            status = int(response.Status) if "Status" in response else None
+            error = None
+            if status is None:
+                error = "no response (timeout or abort)"
+            elif status not in _SUCCESS_OR_WARNING:
+                error = f"refused with status 0x{status:04X}"
+            outcomes.append(SendOutcome(path, uid, status, error))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return outcomes

@@ -1,0 +1,99 @@
+"""Celery adapter: the same task functions on workers that share broker, database and spool.
+
+Tasks carry job ids only (JSON), are acknowledged late (a worker that dies mid-task leaves its
+message to be redelivered) and prefetch one at a time. Inference and delivery have separate
+queues, so GPU workers can take only inference (``cad-node worker --queues inference``).
+
+Workers on other machines reach the images through a shared filesystem: ``CAD_NODE_DATA_DIR``
+must be the same mount (NFS, CephFS...) on the node and on every worker, since the spool and the
+outbox live there; the database URL and broker URL must point at the same services.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from cad_node.domain import JobState
+from cad_node.pipeline import tasks
+from cad_node.pipeline.context import PipelineContext
+from cad_node.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+ANALYSE = "cad_node.analyse"
+DELIVER = "cad_node.deliver"
+INFERENCE_QUEUE = "inference"
+DELIVERY_QUEUE = "delivery"
+
+app = Celery("cad_node")
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    result_backend=None,
+    task_ignore_result=True,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    task_routes={ANALYSE: {"queue": INFERENCE_QUEUE}, DELIVER: {"queue": DELIVERY_QUEUE}},
+)
+
+_context: PipelineContext | None = None
+
+
+def configure(settings: Settings) -> Celery:
+    """Point the app at the configured broker (the node and workers call this)."""
+    app.conf.broker_url = settings.broker_url
+    return app
+
+
+def context() -> PipelineContext:
+    """This worker process's context, built from the environment's settings once."""
+    global _context
+    if _context is None:
+        _context = PipelineContext(load_settings())
+    return _context
+
+
+@worker_process_init.connect
+def _fresh_context(**_: Any) -> None:
+    # Forked worker processes must not share the parent's database connections.
+    global _context
+    _context = None
+
+
+@app.task(name=ANALYSE, bind=True, max_retries=tasks.MAX_ANALYSIS_ATTEMPTS, acks_late=True)
+def analyse_task(self: Any, job_id: int) -> str | None:
+    """Analyse one job; on success, queue its delivery."""
+    try:
+        state = tasks.analyse(context(), job_id)
+    except Exception as exc:  # retryable: recorded by the task body
+        raise self.retry(exc=exc, countdown=2 ** (self.request.retries + 1)) from exc
+    if state == JobState.DELIVERING:
+        deliver_task.apply_async((job_id,))
+    return None if state is None else str(state)
+
+
+@app.task(name=DELIVER, acks_late=True)
+def deliver_task(job_id: int | None = None) -> dict[str, int]:
+    """Send what is due for one job (retries are scheduled by the node's outbox sweeper)."""
+    summary = tasks.deliver(context(), job_id)
+    return {"sent": summary.sent, "retrying": summary.retrying, "failed": summary.failed}
+
+
+class CeleryQueue:
+    """What ``cad-node serve`` uses with a broker: enqueue only, workers process."""
+
+    def __init__(self, settings: Settings) -> None:
+        configure(settings)
+
+    def enqueue(self, job_id: int) -> None:
+        analyse_task.apply_async((job_id,))
+
+    def shutdown(self) -> None:
+        """Nothing runs here."""

@@ -1,0 +1,52 @@
+"""What a worker process needs to run tasks: repositories, spool, outbox and the model."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from functools import cached_property
+from pathlib import Path
+
+from cad_node.audit.db import make_engine
+from cad_node.audit.jobs import JobRepository
+from cad_node.audit.repository import AuditRepository
+from cad_node.delivery.outbox import Outbox, RetryPolicy
+from cad_node.inference.model import CadModel, load_cad_model
+from cad_node.settings import Settings
+
+
+class PipelineContext:
+    """Built once per worker process from the settings; the model loads on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.effective_database_url)
+        self.audit = AuditRepository(self.engine)
+        self.jobs = JobRepository(self.engine)
+        self.outbox = Outbox(
+            self.jobs,
+            settings.outbox_dir,
+            settings.destinations,
+            calling_ae=settings.ae_title,
+            policy=RetryPolicy.from_settings(settings),
+            timeout=settings.delivery_timeout_seconds,
+        )
+        self._model_lock = threading.Lock()
+        self._model: CadModel | None = None
+
+    @cached_property
+    def worker_name(self) -> str:
+        """``host:pid``, recorded on the jobs this process runs."""
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+    def model(self) -> CadModel:
+        """The configured model, loaded and verified once per process."""
+        with self._model_lock:
+            if self._model is None:
+                path = Path(self.settings.model) if self.settings.model else None
+                self._model = load_cad_model(path, self.settings.device)
+            return self._model
+
+    def close(self) -> None:
+        self.engine.dispose()

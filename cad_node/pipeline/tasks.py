@@ -1,0 +1,129 @@
+"""Task bodies: analyse a job, deliver a job. Plain functions of (context, job id).
+
+Idempotent: a task redelivered after a worker died finds the job's state in the database and
+does only what is left; only the current attempt may record results, so a job's results are
+recorded and sent once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+
+from cad_node.audit.jobs import ResultObject, StaleJobError
+from cad_node.delivery.outbox import DeliverySummary
+from cad_node.domain import JobState
+from cad_node.errors import CadNodeError
+from cad_node.fsutil import write_durably
+from cad_node.inference.predict import analyse_study
+from cad_node.pipeline.context import PipelineContext
+
+log = logging.getLogger(__name__)
+
+MAX_ANALYSIS_ATTEMPTS = 3
+
+
+def _encode(ds: Dataset) -> bytes:
+    buffer = DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
+    """Run inference on the job's study and write the result objects to the outbox.
+
+    Returns the job's new state, or None when there was nothing to do (already analysed,
+    or this attempt went stale).
+    """
+    start = ctx.jobs.start_job(job_id, ctx.worker_name)
+    if start is None:
+        return None
+    uid = start.study_instance_uid
+    try:
+        model = ctx.model()
+        sources = [dcmread(ctx.settings.spool_dir / p) for p in start.instance_paths]
+        analysis = analyse_study(uid, sources, model)
+        objects: list[ResultObject] = []
+        report_uid = None
+        if analysis.breasts:
+            from cad_node.reporting import build_result_objects
+
+            datasets = build_result_objects(
+                analysis,
+                sources,
+                model_name=model.name,
+                model_version=model.version,
+                threshold=model.threshold,
+                predecessor_uid=start.predecessor_report_uid,
+            )
+            for kind, ds in datasets:
+                relative = f"job-{job_id}/{kind}_{ds.SOPInstanceUID}.dcm"
+                write_durably(ctx.settings.outbox_dir / relative, _encode(ds))
+                objects.append(
+                    ResultObject(kind, str(ds.SOPClassUID), str(ds.SOPInstanceUID), relative)
+                )
+                if kind == "mammo-cad-sr":
+                    report_uid = str(ds.SOPInstanceUID)
+        state = ctx.jobs.finish_analysis(
+            job_id,
+            attempt=start.attempt,
+            result=analysis.to_dict(),
+            model={
+                "name": model.name,
+                "version": model.version,
+                "sha256": str(model.manifest.get("weights_sha256", "")),
+            },
+            report_sop_instance_uid=report_uid,
+            objects=objects,
+            destinations=[str(d) for d in ctx.settings.destinations],
+        )
+        log.info(
+            "job %d (study %s, revision %d): exam score %s, %d object(s)",
+            job_id,
+            uid,
+            start.revision,
+            analysis.exam_score,
+            len(objects),
+        )
+        return state
+    except StaleJobError:
+        log.warning(
+            "job %d attempt %d went stale; its results are discarded", job_id, start.attempt
+        )
+        return None
+    except CadNodeError as exc:
+        terminal = not exc.retryable or start.attempt >= MAX_ANALYSIS_ATTEMPTS
+        ctx.jobs.fail_job(job_id, str(exc), terminal=terminal)
+        log.error("job %d (study %s) failed: %s", job_id, uid, exc)
+        if not terminal:
+            raise
+        return JobState.FAILED
+    except Exception as exc:
+        terminal = start.attempt >= MAX_ANALYSIS_ATTEMPTS
+        ctx.jobs.fail_job(job_id, f"internal error: {type(exc).__name__}: {exc}", terminal=terminal)
+        log.exception("job %d (study %s) failed", job_id, uid)
+        if not terminal:
+            raise
+        return JobState.FAILED
+
+
+def deliver(ctx: PipelineContext, job_id: int | None = None) -> DeliverySummary:
+    """Send what is due (of one job, or everything due); retries follow the outbox policy."""
+    return ctx.outbox.deliver_due(job_id=job_id)
+
+
+def run_job(ctx: PipelineContext, job_id: int) -> None:
+    """Analyse (retrying retryable failures with backoff) then deliver: the embedded path."""
+    state: JobState | None = None
+    for attempt in range(MAX_ANALYSIS_ATTEMPTS):
+        try:
+            state = analyse(ctx, job_id)
+            break
+        except Exception:  # recorded by analyse(); retry after a pause
+            time.sleep(2**attempt)
+    if state == JobState.DELIVERING:
+        deliver(ctx, job_id)

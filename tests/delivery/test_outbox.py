@@ -1,0 +1,190 @@
+"""Delivery of result objects to real SCPs: retries, outages, refusals, the outbox."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import require_dcmtk, wait_for
+from factories import mammogram, write
+from receiver import Receiver, start_receiver
+
+from cad_node.assembly import identify
+from cad_node.audit.db import make_engine, upgrade
+from cad_node.audit.jobs import JobRepository, ResultObject
+from cad_node.audit.repository import AuditRepository, StoredFile
+from cad_node.delivery.outbox import Outbox, RetryPolicy
+from cad_node.domain import JobState
+from cad_node.settings import Destination
+
+FAST_RETRY = RetryPolicy(max_attempts=3, base_seconds=0.01, max_seconds=0.05)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def jobs(tmp_path: Path) -> JobRepository:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    upgrade(url)
+    return JobRepository(make_engine(url))
+
+
+def _job_with_objects(
+    jobs: JobRepository, outbox: Path, destinations: list[Destination], n: int = 3
+) -> tuple[int, list[str]]:
+    """A study, a job analysed into ``n`` result objects waiting in the outbox."""
+    source = mammogram()
+    AuditRepository(jobs.engine).record_stored(
+        identify(source),
+        StoredFile("x.dcm", 1, "0" * 64, "1.2.840.10008.1.2.1"),
+        status=0,
+        calling_ae="MODALITY",
+        peer=None,
+    )
+    job_id, _ = jobs.create_job(source.StudyInstanceUID, 1)
+    start = jobs.start_job(job_id, "test")
+    assert start is not None
+    objects = []
+    for i in range(n):
+        ds = mammogram(study_uid=source.StudyInstanceUID, seed=i)
+        path = write(ds, outbox / f"job-{job_id}")
+        objects.append(
+            ResultObject(
+                "heatmap-sc",
+                str(ds.SOPClassUID),
+                str(ds.SOPInstanceUID),
+                str(path.relative_to(outbox)),
+            )
+        )
+    jobs.finish_analysis(
+        job_id,
+        attempt=start.attempt,
+        result={"exam_score": 0.5},
+        model={"name": "m"},
+        report_sop_instance_uid=None,
+        objects=objects,
+        destinations=[str(d) for d in destinations],
+    )
+    return job_id, [o.sop_instance_uid for o in objects]
+
+
+def _job_state(jobs: JobRepository, job_id: int) -> str:
+    [job] = [j for j in jobs.jobs_of_study(_study_of(jobs, job_id)) if j["job_id"] == job_id]
+    return str(job["state"])
+
+
+def _study_of(jobs: JobRepository, job_id: int) -> str:
+    from cad_node.audit.models import Job
+
+    with jobs.engine.connect() as conn:
+        return str(
+            conn.execute(Job.__table__.select().where(Job.id == job_id)).first().study_instance_uid
+        )  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def receivers() -> Iterator[list[Receiver]]:
+    started: list[Receiver] = []
+    yield started
+    for r in started:
+        r.stop()
+
+
+def test_delivers_every_object_once_to_every_destination(
+    jobs: JobRepository, tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    a, b = start_receiver("PACS_A"), start_receiver("PACS_B")
+    receivers += [a, b]
+    dests = [Destination(ae_title=r.ae_title, host="127.0.0.1", port=r.port) for r in (a, b)]
+    job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", dests)
+    outbox = Outbox(jobs, tmp_path / "outbox", dests, calling_ae="CADNODE", policy=FAST_RETRY)
+    summary = outbox.deliver_due(job_id=job_id)
+    assert (summary.sent, summary.retrying, summary.failed) == (6, 0, 0)
+    assert sorted(a.received) == sorted(uids) and sorted(b.received) == sorted(uids)
+    assert _job_state(jobs, job_id) == JobState.DONE
+    assert outbox.deliver_due().sent == 0  # nothing left: no duplicates
+
+
+def test_destination_down_then_up_gets_everything_once(
+    jobs: JobRepository, tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    port = _free_port()
+    dest = Destination(ae_title="PACS", host="127.0.0.1", port=port)
+    job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", [dest])
+    policy = RetryPolicy(max_attempts=10, base_seconds=0.01, max_seconds=0.05)
+    outbox = Outbox(jobs, tmp_path / "outbox", [dest], calling_ae="CADNODE", policy=policy)
+    down = outbox.deliver_due()
+    assert (down.sent, down.retrying) == (0, 3)
+    assert _job_state(jobs, job_id) == JobState.DELIVERING
+    receiver = start_receiver("PACS", port=port)
+    receivers.append(receiver)
+    time.sleep(0.1)
+    up = outbox.deliver_due()
+    assert up.sent == 3
+    assert sorted(receiver.received) == sorted(uids)
+    assert _job_state(jobs, job_id) == JobState.DONE
+    job = jobs.jobs_of_study(_study_of(jobs, job_id))[0]
+    assert all(d["attempts"] == 2 and d["state"] == "sent" for d in job["deliveries"])
+
+
+def test_refusing_destination_does_not_affect_the_others(
+    jobs: JobRepository, tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    good = start_receiver("PACS")
+    picky = start_receiver("PICKY", require_calling_aet=["SOMEONE"])
+    receivers += [good, picky]
+    dests = [
+        Destination(ae_title="PACS", host="127.0.0.1", port=good.port),
+        Destination(ae_title="PICKY", host="127.0.0.1", port=picky.port),
+    ]
+    job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", dests)
+    outbox = Outbox(jobs, tmp_path / "outbox", dests, calling_ae="CADNODE", policy=FAST_RETRY)
+    for _ in range(FAST_RETRY.max_attempts):
+        outbox.deliver_due()
+        time.sleep(0.06)
+    assert sorted(good.received) == sorted(uids) and picky.received == []
+    job = jobs.jobs_of_study(_study_of(jobs, job_id))[0]
+    refused = [d for d in job["deliveries"] if d["destination"].startswith("PICKY")]
+    assert {d["state"] for d in refused} == {"failed"}
+    assert all("calling AE title (ours) not recognised" in d["last_error"] for d in refused)
+    assert job["state"] == JobState.FAILED  # visible to ops, with the reason per object
+    # Once the PACS admin allows us, an operator re-sends what waited in the outbox.
+    picky.stop()
+    receivers.remove(picky)
+    fixed = start_receiver("PICKY", port=picky.port)
+    receivers.append(fixed)
+    assert jobs.retry_failed() == 3
+    assert outbox.deliver_due().sent == 3
+    assert sorted(fixed.received) == sorted(uids)
+    assert _job_state(jobs, job_id) == JobState.DONE
+
+
+def test_dcmtk_storescp_receives_the_objects(jobs: JobRepository, tmp_path: Path) -> None:
+    storescp = require_dcmtk("storescp")
+    port = _free_port()
+    received = tmp_path / "received"
+    received.mkdir()
+    proc = subprocess.Popen(
+        [storescp, "-aet", "DCMTKPACS", "-od", str(received), str(port)],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        dest = Destination(ae_title="DCMTKPACS", host="127.0.0.1", port=port)
+        job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", [dest])
+        outbox = Outbox(jobs, tmp_path / "outbox", [dest], calling_ae="CADNODE", policy=FAST_RETRY)
+        wait_for(lambda: outbox.deliver_due().sent == 3 or None, timeout=10, interval=0.2)
+        assert len(list(received.iterdir())) == 3
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

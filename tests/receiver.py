@@ -1,0 +1,44 @@
+"""A real pynetdicom storage SCP that plays a PACS in tests, and records what it receives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+
+@dataclass
+class Receiver:
+    """A running SCP; ``received`` lists SOP Instance UIDs in arrival order."""
+
+    ae_title: str
+    port: int
+    server: Any
+    received: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def start_receiver(
+    ae_title: str = "PACS", port: int = 0, require_calling_aet: list[str] | None = None
+) -> Receiver:
+    ae = AE(ae_title=ae_title)
+    ae.supported_contexts = AllStoragePresentationContexts
+    ae.add_supported_context(Verification)
+    ae.require_called_aet = True
+    if require_calling_aet:
+        ae.require_calling_aet = require_calling_aet
+    receiver = Receiver(ae_title, port, None)
+
+    def on_store(event: Any) -> int:
+        receiver.received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    receiver.server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    receiver.port = int(receiver.server.server_address[1])
+    return receiver
