@@ -181,10 +181,13 @@ def test_dcmtk_storescp_receives_the_objects(jobs: JobRepository, tmp_path: Path
     )
     try:
         dest = Destination(ae_title="DCMTKPACS", host="127.0.0.1", port=port)
-        job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", [dest])
+        _, uids = _job_with_objects(jobs, tmp_path / "outbox", [dest])
         outbox = Outbox(jobs, tmp_path / "outbox", [dest], calling_ae="CADNODE", policy=FAST_RETRY)
         wait_for(lambda: outbox.deliver_due().sent == 3 or None, timeout=10, interval=0.2)
-        assert len(list(received.iterdir())) == 3
+        from pydicom import dcmread
+
+        got = sorted(str(dcmread(f).SOPInstanceUID) for f in received.iterdir())
+        assert got == sorted(uids)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
