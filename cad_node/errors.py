@@ -61,3 +61,7 @@ class MissingUidError(InvalidDatasetError):
 
 class PixelDataError(InvalidDatasetError):
     """Pixel data is absent, truncated or inconsistent with the image attributes."""
+
+
+class ReportingError(CadNodeError):
+    """An analysis and its sources cannot be turned into result objects."""

@@ -29,8 +29,9 @@ class JobStart:
     attempt: int
     instance_paths: list[str]
     """Spool-relative paths of the study's stored instances."""
-    predecessor_report_uid: str | None
-    """The Mammography CAD SR of the study's previous completed job, if any."""
+    predecessors: list[dict[str, str]]
+    """The result objects of the study's latest earlier analysed job (for Predecessor
+    Documents Sequence); empty for a first analysis."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class ResultObject:
     sop_instance_uid: str
     path: str
     """Relative to the outbox directory."""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -138,11 +141,11 @@ class JobRepository:
                 .order_by(Instance.id)
             ).all()
             previous = session.scalar(
-                select(Job.report_sop_instance_uid)
+                select(Job.objects)
                 .where(
                     Job.study_id == job.study_id,
                     Job.revision < job.revision,
-                    Job.report_sop_instance_uid.is_not(None),
+                    Job.objects.is_not(None),
                 )
                 .order_by(Job.revision.desc())
                 .limit(1)
@@ -160,7 +163,7 @@ class JobRepository:
                 revision=job.revision,
                 attempt=job.attempts,
                 instance_paths=[p for p in paths if p],
-                predecessor_report_uid=previous,
+                predecessors=list(previous or []),
             )
 
     def finish_analysis(
@@ -192,6 +195,17 @@ class JobRepository:
             job.model_version = model.get("version")
             job.model_sha256 = model.get("sha256")
             job.report_sop_instance_uid = report_sop_instance_uid
+            job.objects = [
+                {
+                    "kind": o.kind,
+                    "study_instance_uid": o.study_instance_uid,
+                    "series_instance_uid": o.series_instance_uid,
+                    "sop_instance_uid": o.sop_instance_uid,
+                    "sop_class_uid": o.sop_class_uid,
+                    "path": o.path,
+                }
+                for o in objects
+            ]
             job.error = None
             for destination in destinations:
                 for obj in objects:

@@ -21,6 +21,13 @@ from cad_node.errors import CadNodeError
 from cad_node.fsutil import write_durably
 from cad_node.inference.predict import analyse_study
 from cad_node.pipeline.context import PipelineContext
+from cad_node.reporting import (
+    HEATMAP_SC,
+    MAMMO_CAD_SR,
+    Algorithm,
+    DocumentRef,
+    build_result_objects,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +56,33 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
         analysis = analyse_study(uid, sources, model)
         objects: list[ResultObject] = []
         report_uid = None
-        if analysis.breasts:
-            from cad_node.reporting import build_result_objects
-
-            datasets = build_result_objects(
-                analysis,
-                sources,
-                model_name=model.name,
-                model_version=model.version,
-                threshold=model.threshold,
-                predecessor_uid=start.predecessor_report_uid,
-            )
-            for kind, ds in datasets:
+        if analysis.images or analysis.errors:
+            previous = [
+                DocumentRef(
+                    p["study_instance_uid"],
+                    p["series_instance_uid"],
+                    p["sop_instance_uid"],
+                    p["sop_class_uid"],
+                )
+                for p in start.predecessors
+                if p["kind"] != HEATMAP_SC
+            ]
+            for kind, ds in build_result_objects(
+                analysis, sources, Algorithm.from_model(model), previous=previous
+            ):
                 relative = f"job-{job_id}/{kind}_{ds.SOPInstanceUID}.dcm"
                 write_durably(ctx.settings.outbox_dir / relative, _encode(ds))
                 objects.append(
-                    ResultObject(kind, str(ds.SOPClassUID), str(ds.SOPInstanceUID), relative)
+                    ResultObject(
+                        kind,
+                        str(ds.SOPClassUID),
+                        str(ds.SOPInstanceUID),
+                        relative,
+                        str(ds.StudyInstanceUID),
+                        str(ds.SeriesInstanceUID),
+                    )
                 )
-                if kind == "mammo-cad-sr":
+                if kind == MAMMO_CAD_SR:
                     report_uid = str(ds.SOPInstanceUID)
         state = ctx.jobs.finish_analysis(
             job_id,

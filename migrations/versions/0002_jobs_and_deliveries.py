@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-21 06:32:49.484689
+Create Date: 2026-11-21 06:39:57.932550
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("model_sha256", sa.String(length=64), nullable=True),
         sa.Column("result", sa.JSON(), nullable=True),
         sa.Column("report_sop_instance_uid", sa.String(length=64), nullable=True),
+        sa.Column("objects", sa.JSON(), nullable=True),
         sa.Column("created_at", cad_node.audit.models.UTCDateTime(), nullable=False),
         sa.Column("started_at", cad_node.audit.models.UTCDateTime(), nullable=True),
         sa.Column("finished_at", cad_node.audit.models.UTCDateTime(), nullable=True),

@@ -1,0 +1,261 @@
+"""What every result object shares: the algorithm, the target study, references, equipment.
+
+Pure helpers over header datasets; no pixel data is read here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from highdicom import ContributingEquipment
+from highdicom.sr import (
+    DeviceObserverIdentifyingAttributes,
+    ObservationContext,
+    ObserverContext,
+)
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as pydicom_codes
+from pydicom.uid import UID, generate_uid
+
+from cad_node.domain import STANDARD_VIEWS, Laterality, ViewPosition
+from cad_node.errors import ReportingError as ReportingError  # re-exported for callers
+from cad_node.inference.predict import DECISION_SUPPORT, ImageResult, StudyAnalysis
+from cad_node.reporting import codes
+
+if TYPE_CHECKING:
+    from cad_node.inference.model import CadModel
+
+MANUFACTURER: Final = "cad-node"
+MAMMOGRAPHY_CAD_SR_SERIES: Final = 9001
+MEASUREMENT_REPORT_SERIES: Final = 9002
+HEATMAP_SERIES: Final = 9003
+"""Series numbers of the three object kinds; fixed so that viewers sort them the same way."""
+
+_PATIENT_STUDY_TYPE2: Final = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+_ORIENTATION: Final = re.compile(r"^(A|P|R|L|H|F)+$")
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """The model that produced an analysis, as the result objects name it."""
+
+    name: str
+    version: str
+    threshold: float
+    manufacturer: str = MANUFACTURER
+
+    def __post_init__(self) -> None:
+        if not self.name.strip() or not self.version.strip():
+            raise ValueError(f"algorithm name and version are required: {self!r}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold {self.threshold!r} is outside [0, 1]")
+
+    @classmethod
+    def from_model(cls, model: CadModel) -> Algorithm:
+        return cls(model.name, model.version, model.threshold)
+
+    @property
+    def label(self) -> str:
+        """``name version``, as written in descriptions and on heatmaps."""
+        return f"{self.name} {self.version}"
+
+    @property
+    def parameters(self) -> list[str]:
+        """TID 4019 Algorithm Parameters."""
+        return [f"operating threshold {self.threshold:g}"]
+
+    @property
+    def device_uid(self) -> UID:
+        """A stable Device Observer UID for this model name and version."""
+        return generate_uid(entropy_srcs=[self.manufacturer, self.name, self.version])
+
+    def contributing_equipment(self) -> ContributingEquipment:
+        """The algorithm as Contributing Equipment (IHE AI Results)."""
+        return ContributingEquipment(
+            manufacturer=self.manufacturer,
+            purpose_of_reference=codes.PROCESSING_EQUIPMENT,
+            manufacturer_model_name=self.name,
+            software_versions=self.version,
+            contribution_description=f"CAD analysis by {self.label}. {DECISION_SUPPORT}",
+        )
+
+    def observation_context(self) -> ObservationContext:
+        """TID 1001 with the algorithm as device observer (TID 1004)."""
+        return ObservationContext(
+            observer_device_context=ObserverContext(
+                observer_type=pydicom_codes.DCM.Device,
+                observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+                    uid=self.device_uid,
+                    name=self.name,
+                    manufacturer_name=self.manufacturer,
+                    model_name=self.label,
+                ),
+            )
+        )
+
+
+@dataclass(frozen=True)
+class DocumentRef:
+    """The UIDs of an earlier result object, enough for Predecessor Documents Sequence."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+
+    @classmethod
+    def of(cls, ds: Dataset | DocumentRef) -> DocumentRef:
+        if isinstance(ds, DocumentRef):
+            return ds
+        try:
+            return cls(
+                str(ds.StudyInstanceUID),
+                str(ds.SeriesInstanceUID),
+                str(ds.SOPInstanceUID),
+                str(ds.SOPClassUID),
+            )
+        except AttributeError as exc:
+            raise ReportingError(f"predecessor lacks a UID: {exc}") from exc
+
+    def as_dataset(self) -> Dataset:
+        ds = Dataset()
+        ds.StudyInstanceUID = self.study_instance_uid
+        ds.SeriesInstanceUID = self.series_instance_uid
+        ds.SOPInstanceUID = self.sop_instance_uid
+        ds.SOPClassUID = self.sop_class_uid
+        return ds
+
+
+def predecessors_of_class(
+    previous: Iterable[Dataset | DocumentRef], sop_class_uid: str
+) -> list[Dataset] | None:
+    """Earlier documents of one SOP class, as highdicom's ``previous_versions``; None if none."""
+    found = [DocumentRef.of(p) for p in previous]
+    matching = [p.as_dataset() for p in found if p.sop_class_uid == sop_class_uid]
+    return matching or None
+
+
+def header(ds: Dataset) -> Dataset:
+    """A pixel-free copy of a source with absent Type 2 patient/study attributes left empty.
+
+    highdicom reads these attributes from the first evidence dataset; archives often omit them.
+    """
+    copy = Dataset()
+    for element in ds:
+        if element.tag.group != 0x7FE0:
+            copy.add(element)
+    for keyword in _PATIENT_STUDY_TYPE2:
+        if keyword not in copy:
+            setattr(copy, keyword, None)
+    return copy
+
+
+@dataclass(frozen=True)
+class AnalysedImage:
+    """One analysed image with its source header."""
+
+    result: ImageResult
+    source: Dataset
+
+    @property
+    def laterality(self) -> Laterality:
+        return Laterality(self.result.view.split("-")[0])
+
+    @property
+    def position(self) -> ViewPosition:
+        return ViewPosition(self.result.view.split("-")[1])
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """An analysis matched with its source headers, in a deterministic order."""
+
+    analysis: StudyAnalysis
+    study_reference: Dataset
+    """The source whose patient and study the results are filed under."""
+    images: list[AnalysedImage]
+    failed: list[Dataset]
+    """Sources the analysis tried and failed on (``analysis.errors``)."""
+
+    @property
+    def evidence(self) -> list[Dataset]:
+        """Study reference first (highdicom copies patient and study from it), then the rest."""
+        rest = [i.source for i in self.images] + self.failed
+        first = self.study_reference
+        return [first, *[d for d in rest if d.SOPInstanceUID != first.SOPInstanceUID]]
+
+    def breast_images(self, laterality: Laterality) -> list[AnalysedImage]:
+        return [i for i in self.images if i.laterality == laterality]
+
+
+def _view_rank(view: str) -> int:
+    return STANDARD_VIEWS.index(view) if view in STANDARD_VIEWS else len(STANDARD_VIEWS)
+
+
+def match_sources(analysis: StudyAnalysis, sources: Sequence[Dataset]) -> Inputs:
+    """Pair each analysed image with its source; choose the study the results belong to.
+
+    Results go into ``analysis.study_instance_uid``, which must be the study of at least one
+    source. Archives that split one exam over several studies (CBIS-DDSM) are grouped by the
+    caller, who picks the study; sources from other studies are then referenced as Pertinent
+    Other Evidence.
+    """
+    by_uid = {str(ds.SOPInstanceUID): header(ds) for ds in sources}
+    images: list[AnalysedImage] = []
+    for result in analysis.images:
+        if result.sop_instance_uid not in by_uid:
+            raise ReportingError(f"no source dataset for analysed image {result.sop_instance_uid}")
+        images.append(AnalysedImage(result, by_uid[result.sop_instance_uid]))
+    images.sort(key=lambda i: (_view_rank(i.result.view), i.result.sop_instance_uid))
+    failed = [
+        by_uid[e["sop_instance_uid"]]
+        for e in sorted(analysis.errors, key=lambda e: e["sop_instance_uid"])
+        if e.get("sop_instance_uid") in by_uid
+    ]
+    in_study = [
+        d
+        for d in [i.source for i in images] + failed
+        if str(d.StudyInstanceUID) == analysis.study_instance_uid
+    ]
+    if not in_study:
+        in_study = [
+            by_uid[str(ds.SOPInstanceUID)]
+            for ds in sources
+            if str(ds.StudyInstanceUID) == analysis.study_instance_uid
+        ]
+    if not in_study:
+        raise ReportingError(
+            f"no source belongs to study {analysis.study_instance_uid}; results must be filed "
+            "under the study of one of their sources"
+        )
+    return Inputs(analysis, in_study[0], images, failed)
+
+
+def patient_orientation(ds: Dataset) -> tuple[str, str] | None:
+    """The source's Patient Orientation when it is valid (CBIS-DDSM writes ``CC`` there)."""
+    value = ds.get("PatientOrientation")
+    if value is None:
+        return None
+    raw = [value] if isinstance(value, str) else list(value)
+    values = [str(v).strip().upper() for v in raw]
+    if len(values) == 2 and all(_ORIENTATION.match(v) for v in values):
+        return values[0], values[1]
+    return None
+
+
+def score_text(score: float) -> str:
+    """Scores as written in text: two decimals, the same everywhere."""
+    return f"{score:.2f}"

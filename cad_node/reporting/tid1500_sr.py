@@ -1,0 +1,127 @@
+"""Comprehensive 3D SR with a TID 1500 Measurement Report: the form IHE AI Results and OHIF read.
+
+One measurement group (TID 1501) per analysed breast: finding site breast with laterality,
+the algorithm (TID 4019), the breast score as Probability of cancer (unit "1", the score is in
+[0, 1]) inferred from the breast's images, and a qualitative evaluation "at or above the
+operating threshold" Yes/No. The Tracking Unique Identifier of a breast is derived from the
+study, the side and the model, so a re-analysis tracks the same breast. The observation
+context names the algorithm as device observer. There is no image library (TID 1600 would
+need Patient Orientation and Imager Pixel Spacing, which archives often lack); the groups
+reference their source images instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from highdicom.sr import (
+    AlgorithmIdentification,
+    Comprehensive3DSR,
+    FindingSite,
+    Measurement,
+    MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
+    QualitativeEvaluation,
+    SourceImageForMeasurement,
+    SourceImageForMeasurementGroup,
+    TrackingIdentifier,
+)
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, Comprehensive3DSRStorage, generate_uid
+
+from cad_node.domain import Laterality
+from cad_node.reporting import codes
+from cad_node.reporting.common import (
+    MEASUREMENT_REPORT_SERIES,
+    Algorithm,
+    DocumentRef,
+    Inputs,
+    ReportingError,
+    predecessors_of_class,
+)
+
+_BREAST_NAME = {Laterality.LEFT: "Left breast", Laterality.RIGHT: "Right breast"}
+
+
+def _algorithm_id(algorithm: Algorithm) -> AlgorithmIdentification:
+    return AlgorithmIdentification(
+        name=algorithm.name,
+        version=algorithm.version,
+        parameters=algorithm.parameters,
+        manufacturer=algorithm.manufacturer,
+    )
+
+
+def _group(
+    inputs: Inputs, laterality: Laterality, algorithm: Algorithm
+) -> MeasurementsAndQualitativeEvaluations:
+    breast = inputs.analysis.breasts[laterality.value]
+    images = [i.source for i in inputs.breast_images(laterality)]
+    site = FindingSite(codes.BREAST, laterality=codes.LATERALITY_CODE[laterality])
+    tracking_uid = generate_uid(
+        entropy_srcs=[inputs.analysis.study_instance_uid, laterality.value, algorithm.name]
+    )
+    score = Measurement(
+        name=codes.PROBABILITY_OF_CANCER,
+        value=round(float(breast.score), 4),
+        unit=codes.NO_UNITS,
+        algorithm_id=_algorithm_id(algorithm),
+        finding_sites=[site],
+        referenced_images=[
+            SourceImageForMeasurement(ds.SOPClassUID, ds.SOPInstanceUID) for ds in images
+        ],
+    )
+    flag = QualitativeEvaluation(codes.SUSPICIOUS, codes.YES if breast.suspicious else codes.NO)
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=tracking_uid, identifier=_BREAST_NAME[laterality]
+        ),
+        algorithm_id=_algorithm_id(algorithm),
+        finding_sites=[site],
+        measurements=[score],
+        qualitative_evaluations=[flag],
+        source_images=[
+            SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID) for ds in images
+        ],
+    )
+
+
+def measurement_report(inputs: Inputs, algorithm: Algorithm) -> MeasurementReport:
+    """The TID 1500 content of an analysis."""
+    groups = [
+        _group(inputs, lat, algorithm) for lat in Laterality if lat.value in inputs.analysis.breasts
+    ]
+    if not groups:
+        raise ReportingError("no breast was analysed: a measurement report needs one")
+    return MeasurementReport(
+        observation_context=algorithm.observation_context(),
+        procedure_reported=codes.MAMMOGRAPHY,
+        imaging_measurements=groups,
+    )
+
+
+def build_measurement_report_sr(
+    inputs: Inputs,
+    algorithm: Algorithm,
+    *,
+    previous: Iterable[Dataset | DocumentRef] = (),
+    series_instance_uid: UID | None = None,
+    sop_instance_uid: UID | None = None,
+) -> Comprehensive3DSR:
+    """The Comprehensive 3D SR (TID 1500) of an analysis, filed in the analysed study."""
+    return Comprehensive3DSR(
+        evidence=inputs.evidence,
+        content=measurement_report(inputs, algorithm),
+        series_instance_uid=series_instance_uid or generate_uid(),
+        series_number=MEASUREMENT_REPORT_SERIES,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        instance_number=1,
+        manufacturer=algorithm.manufacturer,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        series_description=f"AI measurements ({algorithm.label}) - not a diagnosis",
+        is_complete=True,
+        previous_versions=predecessors_of_class(previous, Comprehensive3DSRStorage),
+        contributing_equipment=[algorithm.contributing_equipment()],
+        coding_schemes=[codes.private_scheme_identification()],
+    )

@@ -1,0 +1,67 @@
+"""The whole node on its embedded queue: store, assemble, analyse, report, deliver."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_for
+from factories import four_views
+from model_factory import tiny_model_folder
+from pydicom import dcmread
+from receiver import start_receiver
+from scu import store
+
+from cad_node.audit.jobs import JobRepository
+from cad_node.reporting import HEATMAP_SC, MAMMO_CAD_SR, TID1500_SR
+
+
+def _done_jobs(node: Any, uid: str, n: int) -> list[dict[str, Any]]:
+    jobs = JobRepository(node.engine).jobs_of_study(uid)
+    return jobs if len(jobs) == n and all(j["state"] == "done" for j in jobs) else []
+
+
+@pytest.mark.slow
+def test_study_to_reports_at_the_pacs_and_reanalysis_after_a_late_image(
+    node_factory: Any, tmp_path: Path
+) -> None:
+    pacs = start_receiver("PACS")
+    try:
+        node = node_factory(
+            model=str(tiny_model_folder(tmp_path / "model")),
+            destinations=[{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
+        )
+        views = four_views()
+        uid = views[0].StudyInstanceUID
+        assert store(node.scp.port, views[:3]) == [0, 0, 0]
+        [job] = wait_for(lambda: _done_jobs(node, uid, 1), timeout=60)
+        kinds = sorted(d["kind"] for d in job["deliveries"])
+        assert kinds == sorted([MAMMO_CAD_SR, TID1500_SR] + [HEATMAP_SC] * 3)
+        assert sorted(pacs.received) == sorted(d["sop_instance_uid"] for d in job["deliveries"])
+        result = job["result"]
+        assert set(result["breasts"]) == {"L", "R"} and result["missing_views"] == ["R-MLO"]
+        assert job["model"] == {"name": "test-light", "version": "0.0.1"}
+
+        # A late image: the same study is re-opened and analysed again (revision 2), and
+        # the new report names the first one as its predecessor.
+        assert store(node.scp.port, views[3:]) == [0]
+        jobs = wait_for(lambda: _done_jobs(node, uid, 2), timeout=60)
+        assert [j["revision"] for j in jobs] == [1, 2]
+        assert jobs[1]["result"]["missing_views"] == []
+        first_sr = jobs[0]["report_sop_instance_uid"]
+        second = next(o for o in jobs[1]["deliveries"] if o["kind"] == MAMMO_CAD_SR)
+        path = node.settings.outbox_dir / f"job-{jobs[1]['job_id']}"
+        [sr_file] = [p for p in path.iterdir() if p.name.startswith(MAMMO_CAD_SR)]
+        sr = dcmread(sr_file)
+        assert sr.SOPInstanceUID == second["sop_instance_uid"]
+        predecessors = [
+            item.ReferencedSOPInstanceUID
+            for study in sr.PredecessorDocumentsSequence
+            for series in study.ReferencedSeriesSequence
+            for item in series.ReferencedSOPSequence
+        ]
+        assert predecessors == [first_sr]
+        assert sr.StudyInstanceUID == uid
+    finally:
+        pacs.stop()
