@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var/cad-node")
     database_url: str = Field(default="", description="empty: SQLite file in data_dir")
     broker_url: str = Field(default="", description="empty: embedded in-process queue")
+    task_visibility_timeout: float = Field(
+        default=900.0,
+        gt=0,
+        description="a task whose worker died unacknowledged is redelivered after this long",
+    )
     study_quiet_seconds: float = Field(default=30.0, gt=0)
     allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=list)

@@ -44,19 +44,31 @@ app.conf.update(
 )
 
 _context: PipelineContext | None = None
+_settings: Settings | None = None
 
 
 def configure(settings: Settings) -> Celery:
     """Point the app at the configured broker (the node and workers call this)."""
+    global _settings
+    _settings = settings
     app.conf.broker_url = settings.broker_url
+    timeout = settings.task_visibility_timeout
+    app.conf.broker_transport_options = {
+        "visibility_timeout": timeout,
+        # kombu looks for abandoned (unacknowledged) messages every interval x throttle
+        # seconds, 100 s by default; one cheap scan per interval brings a dead worker's job
+        # back soon after its visibility timeout.
+        "unacked_restore_interval": max(1, min(10, int(timeout / 2))),
+        "unacked_restore_throttle": 1,
+    }
     return app
 
 
 def context() -> PipelineContext:
-    """This worker process's context, built from the environment's settings once."""
+    """This worker process's context, built from the settings once."""
     global _context
     if _context is None:
-        _context = PipelineContext(load_settings())
+        _context = PipelineContext(_settings or load_settings())
     return _context
 
 

@@ -1,0 +1,190 @@
+"""End to end with real parts: Orthanc as the PACS, Redis, Celery workers, `cad-node serve`.
+
+Orthanc pushes a four-view study to the node (REST ``/modalities/<name>/store``); the node
+analyses it and sends the SRs and heatmap SCs back; the test reads them from Orthanc's REST API.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import IN_CI, wait_for
+from factories import four_views, write
+from model_factory import tiny_model_folder
+from pydicom import Dataset, dcmread
+from services import Orthanc, Process, Redis, free_port, node_env, serve, wait_listening, worker
+
+from cad_node.audit.db import make_engine
+from cad_node.audit.jobs import JobRepository
+from cad_node.sop_classes import MAMMOGRAPHY_FOR_PRESENTATION
+
+MAMMO_CAD_SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.50"
+COMPREHENSIVE_3D_SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+SECONDARY_CAPTURE_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+
+pytestmark = pytest.mark.slow
+
+
+def _require(binary: str) -> None:
+    import shutil
+
+    if shutil.which(binary) is None and not Path(f"/usr/sbin/{binary}").exists():
+        if IN_CI:
+            pytest.fail(f"{binary} missing (scripts/bootstrap --test installs it)")
+        pytest.skip(f"{binary} not installed")
+
+
+@dataclass
+class Stack:
+    tmp: Path
+    orthanc: Orthanc
+    node_port: int
+    env: dict[str, str]
+    processes: list[Process]
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.env["CAD_NODE_DATA_DIR"])
+
+    def jobs(self) -> JobRepository:
+        return JobRepository(make_engine(f"sqlite:///{self.data_dir / 'cad-node.db'}"))
+
+    def start(self, process: Process) -> Process:
+        process.start()
+        self.processes.append(process)
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.args[1:]}\n{p.log()[-3000:]}" for p in self.processes)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    _require("Orthanc")
+    node_port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", {"cadnode": ("CADNODE", node_port)})
+    orthanc.start()
+    env = node_env(
+        tmp_path / "data",
+        node_port,
+        CAD_NODE_MODEL=str(tiny_model_folder(tmp_path / "model", size=128)),
+        CAD_NODE_DESTINATIONS=json.dumps(
+            [{"ae_title": Orthanc.AE, "host": "127.0.0.1", "port": orthanc.dicom_port}]
+        ),
+    )
+    s = Stack(tmp_path, orthanc, node_port, env, [orthanc])
+    yield s
+    for process in reversed(s.processes):
+        process.stop()
+
+
+def _push_four_views(stack: Stack) -> tuple[str, list[Dataset]]:
+    views = four_views()
+    study_id = ""
+    for ds in views:
+        study_id = stack.orthanc.upload(write(ds, stack.tmp / "modality"))
+    stack.orthanc.push_study("cadnode", study_id)
+    return study_id, views
+
+
+def _results_in_orthanc(stack: Stack, study_id: str, expected: int) -> list[Dataset]:
+    def ready() -> list[Dataset] | None:
+        instances = stack.orthanc.instances(study_id)
+        if len(instances) < 4 + expected:
+            return None
+        datasets = [dcmread(BytesIO(stack.orthanc.file(i["ID"]))) for i in instances]
+        return [d for d in datasets if d.SOPClassUID != MAMMOGRAPHY_FOR_PRESENTATION]
+
+    try:
+        return wait_for(ready, timeout=120, interval=0.5)
+    except AssertionError:
+        raise AssertionError(f"results did not reach Orthanc\n{stack.logs()}") from None
+
+
+def _walk(items: Any) -> Iterator[Dataset]:
+    for item in items or []:
+        yield item
+        yield from _walk(item.get("ContentSequence"))
+
+
+def _check_results(stack: Stack, views: list[Dataset], results: list[Dataset]) -> None:
+    classes = sorted(str(d.SOPClassUID) for d in results)
+    assert classes == sorted(
+        [MAMMO_CAD_SR_CLASS, COMPREHENSIVE_3D_SR_CLASS] + [SECONDARY_CAPTURE_CLASS] * 4
+    )
+    uid = views[0].StudyInstanceUID
+    assert {d.StudyInstanceUID for d in results} == {uid}
+    [job] = stack.jobs().jobs_of_study(uid)
+    assert job["state"] == "done", job
+    breasts = job["result"]["breasts"]
+    sr = next(d for d in results if d.SOPClassUID == MAMMO_CAD_SR_CLASS)
+    items = list(_walk(sr.ContentSequence))
+    scores = sorted(
+        float(i.MeasuredValueSequence[0].NumericValue)
+        for i in items
+        if i.get("ValueType") == "NUM"
+        and i.ConceptNameCodeSequence[0].CodeMeaning == "Probability of cancer"
+    )
+    # Per breast the score, and behind it the score of each image it was derived from.
+    expected = [b["score"] for b in breasts.values()]
+    expected += [i["score"] for i in job["result"]["images"]]
+    assert scores == pytest.approx(sorted(expected), abs=1e-4)
+    referenced = {
+        ref.ReferencedSOPInstanceUID for i in items for ref in i.get("ReferencedSOPSequence", [])
+    }
+    assert {v.SOPInstanceUID for v in views} <= referenced
+    for sc in (d for d in results if d.SOPClassUID == SECONDARY_CAPTURE_CLASS):
+        assert sc.PatientID == views[0].PatientID and sc.BurnedInAnnotation == "YES"
+
+
+def test_orthanc_to_node_to_orthanc_with_redis_and_a_celery_worker(stack: Stack) -> None:
+    _require("redis-server")
+    redis = Redis(stack.tmp)
+    stack.start(redis)
+    stack.env["CAD_NODE_BROKER_URL"] = redis.url
+    stack.start(serve(stack.data_dir, stack.env))
+    wait_listening(stack.node_port)
+    stack.start(worker(stack.data_dir, stack.env))
+    study_id, views = _push_four_views(stack)
+    _check_results(stack, views, _results_in_orthanc(stack, study_id, 6))
+    [job] = stack.jobs().jobs_of_study(views[0].StudyInstanceUID)
+    assert job["worker"] and job["attempts"] == 1
+
+
+def test_orthanc_to_node_to_orthanc_with_the_embedded_queue(stack: Stack) -> None:
+    stack.start(serve(stack.data_dir, stack.env))
+    wait_listening(stack.node_port)
+    study_id, views = _push_four_views(stack)
+    _check_results(stack, views, _results_in_orthanc(stack, study_id, 6))
+
+
+def test_worker_killed_mid_job_completes_once_on_a_new_worker(stack: Stack) -> None:
+    _require("redis-server")
+    redis = Redis(stack.tmp)
+    stack.start(redis)
+    stack.env["CAD_NODE_BROKER_URL"] = redis.url
+    stack.env["CAD_NODE_TASK_VISIBILITY_TIMEOUT"] = "5"
+    stack.start(serve(stack.data_dir, stack.env))
+    wait_listening(stack.node_port)
+    first = stack.start(worker(stack.data_dir, stack.env, "worker1"))
+    study_id, views = _push_four_views(stack)
+    uid = views[0].StudyInstanceUID
+
+    def running() -> bool:
+        jobs = stack.jobs().jobs_of_study(uid)
+        return bool(jobs) and jobs[0]["state"] == "running"
+
+    wait_for(running, timeout=60, interval=0.02)
+    first.kill()
+    stack.start(worker(stack.data_dir, stack.env, "worker2"))
+    results = _results_in_orthanc(stack, study_id, 6)
+    _check_results(stack, views, results)
+    [job] = stack.jobs().jobs_of_study(uid)
+    assert job["attempts"] == 2  # the killed attempt, then the one that finished
+    assert len(stack.orthanc.instances(study_id)) == 4 + 6  # results arrived once
