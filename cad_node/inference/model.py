@@ -48,6 +48,11 @@ def default_model_path(models_dir: Path = MODELS_DIR) -> Path:
 
 def _cam_layer(module: nn.Module, size: tuple[int, int]) -> str:
     """The last module (in execution order) with a spatial 4-D output: Grad-CAM's target."""
+    return _inspect(module, size)[0]
+
+
+def _inspect(module: nn.Module, size: tuple[int, int]) -> tuple[str, int]:
+    """Grad-CAM's target layer and the number of outputs, from one dry run."""
     order: list[str] = []
     hooks = []
     for name, sub in module.named_modules():
@@ -62,13 +67,13 @@ def _cam_layer(module: nn.Module, size: tuple[int, int]) -> str:
     try:
         device = next(module.parameters()).device
         with torch.inference_mode():
-            module(torch.zeros(1, 1, *size, device=device))
+            outputs = module(torch.zeros(1, 1, *size, device=device)).reshape(1, -1).shape[1]
     finally:
         for h in hooks:
             h.remove()
     if not order:
         raise ModelError("the model has no spatial layer for Grad-CAM")
-    return order[-1]
+    return order[-1], int(outputs)
 
 
 def _unit_range(maps: torch.Tensor) -> torch.Tensor:
@@ -91,6 +96,8 @@ class CadModel:
     device: torch.device
     path: Path
     cam_layer: str = field(default="")
+    outputs: int = 1
+    """Logits per image: 1 (sigmoid) or one per class (softmax, positive class last)."""
 
     @property
     def name(self) -> str:
@@ -121,30 +128,51 @@ class CadModel:
         extra.update(spacing_mm=float(spec["spacing_mm"]), size=tuple(spec["size"]))
         return PreprocessConfig(**extra)
 
-    def scores(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Probability of the positive class for a (N, 1, H, W) batch."""
+    def _input(self, batch: npt.NDArray[np.float32]) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-        with torch.inference_mode():
-            logits = self.module(x).reshape(len(batch), -1)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def _probabilities(logits: torch.Tensor) -> npt.NDArray[np.float32]:
         if logits.shape[1] == 1:
             probs = torch.sigmoid(logits[:, 0])
         else:
             probs = torch.softmax(logits, dim=1)[:, -1]
-        return probs.float().cpu().numpy()
+        result: npt.NDArray[np.float32] = probs.detach().float().cpu().numpy()
+        return result
 
-    def heatmaps(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Grad-CAM (MONAI) of the positive output, (N, H, W) on the model grid, each in [0, 1]."""
+    def scores(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Probability of the positive class for a (N, 1, H, W) batch."""
+        with torch.inference_mode():
+            logits = self.module(self._input(batch)).reshape(len(batch), -1)
+        return self._probabilities(logits)
+
+    def scores_and_heatmaps(
+        self, batch: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Scores and Grad-CAM (MONAI) of the positive output from one forward pass.
+
+        Heatmaps are (N, H, W) on the model grid, each scaled to [0, 1]. For a single-logit
+        model the score comes from the same forward pass Grad-CAM differentiates.
+        """
         from monai.visualize.class_activation_maps import GradCAM
 
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        x = self._input(batch)
         cam = GradCAM(
             nn_module=self.module, target_layers=self.cam_layer, postprocessing=_unit_range
         )
         with torch.enable_grad():
-            maps = cam(x=x, class_idx=0)
+            maps = cam(x=x, class_idx=self.outputs - 1)
+            logit = cam.nn_module.score
         self.module.zero_grad(set_to_none=True)
-        result: npt.NDArray[np.float32] = maps[:, 0].detach().float().cpu().numpy()
-        return result
+        heat: npt.NDArray[np.float32] = maps[:, 0].detach().float().cpu().numpy()
+        if self.outputs == 1 and logit is not None:
+            return self._probabilities(logit.detach().reshape(-1, 1)), heat
+        return self.scores(batch), heat
+
+    def heatmaps(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Grad-CAM heatmaps alone (see :meth:`scores_and_heatmaps`)."""
+        return self.scores_and_heatmaps(batch)[1]
 
 
 def load_cad_model(path: Path | None = None, device: str = "auto") -> CadModel:
@@ -155,10 +183,10 @@ def load_cad_model(path: Path | None = None, device: str = "auto") -> CadModel:
     module, manifest = load_model_folder(folder)
     target = resolve_device(device)
     module = module.to(target).eval()
+    module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     model = CadModel(module=module, manifest=manifest, device=target, path=Path(folder))
-    model.cam_layer = str(
-        manifest.get("gradcam_layer") or _cam_layer(module, model.preprocess_config.size)
-    )
+    layer, model.outputs = _inspect(module, model.preprocess_config.size)
+    model.cam_layer = str(manifest.get("gradcam_layer") or layer)
     log.info(
         "model %s %s on %s (Grad-CAM layer %s)", model.name, model.version, target, model.cam_layer
     )

@@ -149,8 +149,10 @@ def analyse_study(
     for start in range(0, len(prepared), batch_size):
         chunk = prepared[start : start + batch_size]
         batch = np.stack([p.image for _, _, _, p in chunk]).astype(np.float32)
-        scores = model.scores(batch)
-        maps = model.heatmaps(batch) if heatmaps else None
+        if heatmaps:
+            scores, maps = model.scores_and_heatmaps(batch)
+        else:
+            scores, maps = model.scores(batch), None
         for k, (sop, view, display, pre) in enumerate(chunk):
             score = float(scores[k])
             images.append(

@@ -233,3 +233,11 @@ def test_predict_on_cbis_ddsm_exams_writes_overlays_and_dicom(tmp_path: Path) ->
     objects = [dcmread(p) for p in (tmp_path / "dicom").rglob("*.dcm")]
     assert sorted(o.Modality for o in objects).count("SR") == 4  # two SRs per exam
     assert sum(o.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" for o in objects) == 8
+
+
+def test_scores_from_the_heatmap_pass_equal_plain_scores() -> None:
+    model = _model(BrightSpotNet())
+    batch = np.random.default_rng(1).random((3, 1, *SIZE), dtype=np.float32)
+    scores, maps = model.scores_and_heatmaps(batch)
+    assert np.allclose(scores, model.scores(batch), atol=1e-6)
+    assert maps.shape == (3, *SIZE)
