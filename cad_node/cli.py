@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import threading
+import warnings
 from pathlib import Path
 
 import click
@@ -53,6 +54,8 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
     Results are decision support for a radiologist, not a diagnosis.
     """
     ctx.obj = Context(config_file)
+    # Archives such as CBIS-DDSM keep one-part patient names; highdicom warns about each copy.
+    warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
 
 
 def _setup_logging(level: str) -> None:
@@ -455,3 +458,33 @@ def send(ctx: Context, retry_failed: bool) -> None:
         click.echo(f"sent {summary.sent}, to retry {summary.retrying}, failed {summary.failed}")
     finally:
         pipeline.close()
+
+
+@main.command()
+@click.option(
+    "--quiet-seconds",
+    default=3.0,
+    show_default=True,
+    help="Quiet period for the demo's studies (the node's default is longer).",
+)
+@pass_context
+def demo(ctx: Context, quiet_seconds: float) -> None:
+    """Run the node on its embedded defaults and feed it the sample CBIS-DDSM exams.
+
+    Sends both exams by C-STORE as a modality would, waits for the analysis, prints the
+    per-breast scores and where the reports are, writes a heatmap montage, and stops.
+    """
+    from cad_node.demo import run_demo
+    from cad_node.errors import ModelError
+    from cad_node.inference.model import default_model_path
+
+    settings = ctx.settings.model_copy(
+        update={"host": "127.0.0.1", "port": 0, "study_quiet_seconds": quiet_seconds}
+    )
+    _setup_logging("WARNING")
+    if not settings.model:
+        try:
+            default_model_path()
+        except ModelError as exc:
+            raise click.ClickException(str(exc)) from exc
+    raise SystemExit(run_demo(settings, click.echo))

