@@ -1,0 +1,31 @@
+"""The README's main command: the demo runs the whole node on the sample exams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import make_settings
+from model_factory import tiny_model_folder
+from PIL import Image
+
+from cad_node.demo import run_demo
+
+
+@pytest.mark.slow
+def test_demo_analyses_both_exams_and_writes_a_montage(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path / "data",
+        study_quiet_seconds=1.0,
+        model=str(tiny_model_folder(tmp_path / "model", size=128)),
+    )
+    lines: list[str] = []
+    assert run_demo(settings, lines.append, timeout=300) == 0
+    text = "\n".join(lines)
+    assert text.count(": done") == 2
+    assert text.count("breast L: score") == 2 and text.count("breast R: score") == 2
+    montage = Image.open(settings.data_dir / "demo-heatmaps.png")
+    assert montage.width > montage.height  # two rows of four overlays
+    for job in (1, 2):
+        reports = list((settings.outbox_dir / f"job-{job}").glob("*.dcm"))
+        assert len(reports) == 6
