@@ -127,16 +127,27 @@ class Node:
                 self.queue = EmbeddedQueue(self.pipeline)
 
     def _on_complete(self, study: CompletedStudy) -> None:
+        self._queue_job(study.study_instance_uid, study.revision)
+
+    def _queue_job(self, study_instance_uid: str, revision: int) -> None:
         if self.pipeline is None or self.queue is None:
             return
-        job_id, created = self.pipeline.jobs.create_job(study.study_instance_uid, study.revision)
+        job_id, created = self.pipeline.jobs.create_job(study_instance_uid, revision)
         if created:
             self.queue.enqueue(job_id)
+
+    def _queue_missing_jobs(self) -> None:
+        """Create the jobs of completed studies whose hand-off failed or was cut by a crash."""
+        assert self.pipeline is not None
+        for uid, revision in self.pipeline.jobs.studies_without_job():
+            log.warning("study %s revision %d had no job; queueing it now", uid, revision)
+            self._queue_job(uid, revision)
 
     def _sweep_outbox(self) -> None:
         assert self.pipeline is not None
         while not self._stopping.wait(self.settings.delivery_sweep_seconds):
             try:
+                self._queue_missing_jobs()
                 tasks.deliver(self.pipeline)
             except Exception as exc:
                 log.error("outbox sweep failed (%s); retrying", type(exc).__name__)
@@ -156,6 +167,7 @@ class Node:
         if self.pipeline is not None and self.queue is not None:
             for job_id in self.pipeline.jobs.unfinished_jobs():  # interrupted by a restart
                 self.queue.enqueue(job_id)
+            self._queue_missing_jobs()
             self._sweeper = threading.Thread(
                 target=self._sweep_outbox, name="outbox-sweeper", daemon=True
             )
@@ -165,6 +177,8 @@ class Node:
 
     def stop(self) -> None:
         """Stop listening and monitoring; the database stays consistent at any point."""
+        if self._stopping.is_set():
+            return  # already stopped
         self.scp.stop()
         self.monitor.stop()
         self._stopping.set()

@@ -70,7 +70,8 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
 
     def start(**overrides: Any) -> Node:
         data_dir = overrides.pop("data_dir", tmp_path / "data")
-        node = Node(make_settings(data_dir, **overrides))
+        pipeline = overrides.pop("pipeline", True)
+        node = Node(make_settings(data_dir, **overrides), pipeline=pipeline)
         node.start()
         started.append(node)
         return node

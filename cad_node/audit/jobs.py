@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from cad_node.audit.models import Delivery, Event, Instance, Job, Study, utcnow
-from cad_node.domain import DeliveryState, InstanceOutcome, JobState
+from cad_node.domain import DeliveryState, InstanceOutcome, JobState, StudyState
 
 
 class StaleJobError(Exception):
@@ -28,7 +28,9 @@ class JobStart:
     revision: int
     attempt: int
     instance_paths: list[str]
-    """Spool-relative paths of the study's stored instances."""
+    """Spool-relative paths of the study's stored instances the model can analyse."""
+    other_paths: list[str]
+    """Spool-relative paths of the study's other stored instances (headers are enough)."""
     predecessors: list[dict[str, str]]
     """The result objects of the study's latest earlier analysed job (for Predecessor
     Documents Sequence); empty for a first analysis."""
@@ -110,6 +112,16 @@ class JobRepository:
                 assert existing is not None
                 return existing, False
 
+    def studies_without_job(self) -> list[tuple[str, int]]:
+        """Completed study revisions that have no job yet (the hand-off was interrupted)."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(Study.study_instance_uid, Study.revision)
+                .outerjoin(Job, and_(Job.study_id == Study.id, Job.revision == Study.revision))
+                .where(Study.state == StudyState.COMPLETE, Job.id.is_(None))
+            ).all()
+            return [(str(uid), int(rev)) for uid, rev in rows]
+
     def unfinished_jobs(self) -> list[int]:
         """Jobs queued or interrupted while running (re-queued at start-up)."""
         with self._sessions() as session:
@@ -131,8 +143,8 @@ class JobRepository:
             job.attempts += 1
             job.worker = worker
             job.started_at = utcnow()
-            paths = session.scalars(
-                select(Instance.path)
+            stored = session.execute(
+                select(Instance.path, Instance.view)
                 .where(
                     Instance.study_id == job.study_id,
                     Instance.outcome == InstanceOutcome.STORED,
@@ -162,7 +174,8 @@ class JobRepository:
                 study_instance_uid=job.study_instance_uid,
                 revision=job.revision,
                 attempt=job.attempts,
-                instance_paths=[p for p in paths if p],
+                instance_paths=[p for p, view in stored if p and view],
+                other_paths=[p for p, view in stored if p and not view],
                 predecessors=list(previous or []),
             )
 

@@ -52,7 +52,11 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
     uid = start.study_instance_uid
     try:
         model = ctx.model()
-        sources = [dcmread(ctx.settings.spool_dir / p) for p in start.instance_paths]
+        spool = ctx.settings.spool_dir
+        sources = [dcmread(spool / p) for p in start.instance_paths]
+        # Instances the model cannot analyse (tomosynthesis can be gigabytes) are reported
+        # from their headers alone.
+        sources += [dcmread(spool / p, stop_before_pixels=True) for p in start.other_paths]
         analysis = analyse_study(uid, sources, model)
         objects: list[ResultObject] = []
         report_uid = None

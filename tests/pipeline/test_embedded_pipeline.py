@@ -65,3 +65,22 @@ def test_study_to_reports_at_the_pacs_and_reanalysis_after_a_late_image(
         assert sr.StudyInstanceUID == uid
     finally:
         pacs.stop()
+
+
+@pytest.mark.slow
+def test_a_study_completed_without_a_job_gets_one_at_the_next_start(
+    node_factory: Any, tmp_path: Path
+) -> None:
+    """The hand-off from a completed study to its job was lost (a crash in between)."""
+    ingest_only = node_factory(pipeline=False)
+    views = four_views()
+    uid = views[0].StudyInstanceUID
+    assert store(ingest_only.scp.port, views) == [0, 0, 0, 0]
+    wait_for(lambda: ingest_only.repo.show_study(uid)["status"] == "complete", timeout=10)
+    assert JobRepository(ingest_only.engine).studies_without_job() == [(uid, 1)]
+    ingest_only.stop()
+
+    node = node_factory(model=str(tiny_model_folder(tmp_path / "model")))
+    [job] = wait_for(lambda: _done_jobs(node, uid, 1), timeout=60)
+    assert job["revision"] == 1 and job["result"]["missing_views"] == []
+    assert JobRepository(node.engine).studies_without_job() == []
