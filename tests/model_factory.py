@@ -6,9 +6,46 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from cad_node.inference.model import CadModel, _cam_layer
 from cad_node.training import architectures
 from cad_node.training.export import export_model_folder
+
+SIZE = (64, 64)
+
+
+class BrightSpotNet(nn.Module):
+    """Fixed weights: the mean positive response to bright structure is the score."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out = nn.Linear(4, 1)
+        with torch.no_grad():
+            self.conv.weight.fill_(1 / 9)
+            self.conv.bias.fill_(-0.6)  # respond only to clearly bright pixels
+            self.out.weight.fill_(1.0)
+            self.out.bias.fill_(-0.05)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.pool(self.act(self.conv(x))).flatten(1))
+
+
+def bright_spot_model(threshold: float = 0.5) -> CadModel:
+    """A CadModel around BrightSpotNet: bright structure drives score and heatmap."""
+    manifest = {
+        "name": "bright-spot",
+        "version": "test",
+        "threshold": threshold,
+        "positive_class": "malignant",
+        "input": {"spacing_mm": 0.8, "size": list(SIZE)},
+    }
+    model = CadModel(BrightSpotNet().eval(), manifest, torch.device("cpu"), Path("."))
+    model.cam_layer = _cam_layer(model.module, SIZE)
+    return model
 
 
 def tiny_model_folder(folder: Path, *, threshold: float = 0.5, size: int = 64) -> Path:

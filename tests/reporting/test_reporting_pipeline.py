@@ -9,14 +9,13 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-import torch
+from model_factory import bright_spot_model
 from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
-from torch import nn
 
 from cad_node.assembly import identify
 from cad_node.domain import STANDARD_VIEWS
-from cad_node.inference.model import CadModel, _cam_layer
+from cad_node.inference.model import CadModel
 from cad_node.inference.predict import analyse_study
 from cad_node.reporting import Algorithm, build_result_objects
 
@@ -25,40 +24,9 @@ def build(*args: Any, **kwargs: Any) -> list[Dataset]:
     return [o.dataset for o in build_result_objects(*args, **kwargs)]
 
 
-SIZE = (64, 64)
-
-
-class BrightSpotNet(nn.Module):
-    """Fixed weights: the mean positive response to bright structure is the score."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.act = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.out = nn.Linear(4, 1)
-        with torch.no_grad():
-            self.conv.weight.fill_(1 / 9)
-            self.conv.bias.fill_(-0.6)
-            self.out.weight.fill_(1.0)
-            self.out.bias.fill_(-0.05)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.pool(self.act(self.conv(x))).flatten(1))
-
-
 @pytest.fixture(scope="module")
 def model() -> CadModel:
-    manifest = {
-        "name": "bright-spot",
-        "version": "test",
-        "threshold": 0.4,
-        "positive_class": "malignant",
-        "input": {"spacing_mm": 0.8, "size": list(SIZE)},
-    }
-    model = CadModel(BrightSpotNet().eval(), manifest, torch.device("cpu"), Path("."))
-    model.cam_layer = _cam_layer(model.module, SIZE)
-    return model
+    return bright_spot_model(threshold=0.4)
 
 
 def _references(sr: Dataset) -> dict[str, set[str]]:
