@@ -84,3 +84,39 @@ def test_a_study_completed_without_a_job_gets_one_at_the_next_start(
     [job] = wait_for(lambda: _done_jobs(node, uid, 1), timeout=60)
     assert job["revision"] == 1 and job["result"]["missing_views"] == []
     assert JobRepository(node.engine).studies_without_job() == []
+
+
+@pytest.mark.slow
+def test_results_reach_a_pacs_that_was_down_once_it_is_back(
+    node_factory: Any, tmp_path: Path
+) -> None:
+    from services import free_port
+
+    port = free_port()  # nothing listens here yet: the PACS is down
+    node = node_factory(
+        model=str(tiny_model_folder(tmp_path / "model")),
+        destinations=[{"ae_title": "PACS", "host": "127.0.0.1", "port": port}],
+        delivery_backoff_seconds=0.2,
+        delivery_backoff_max_seconds=0.5,
+        delivery_sweep_seconds=0.2,
+    )
+    views = four_views()
+    uid = views[0].StudyInstanceUID
+    assert store(node.scp.port, views) == [0, 0, 0, 0]
+
+    def retrying() -> bool:
+        jobs = JobRepository(node.engine).jobs_of_study(uid)
+        return bool(jobs) and any(d["attempts"] >= 2 for d in jobs[0]["deliveries"])
+
+    wait_for(retrying, timeout=60)
+    [job] = JobRepository(node.engine).jobs_of_study(uid)
+    assert job["state"] == "delivering"
+    assert all("cannot connect" in (d["last_error"] or "") for d in job["deliveries"])
+
+    pacs = start_receiver("PACS", port=port)  # the PACS is back
+    try:
+        [job] = wait_for(lambda: _done_jobs(node, uid, 1), timeout=60)
+        assert sorted(pacs.received) == sorted(d["sop_instance_uid"] for d in job["deliveries"])
+        assert len(pacs.received) == 6  # every object once: no duplicates after the retries
+    finally:
+        pacs.stop()
