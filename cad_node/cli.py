@@ -488,3 +488,13 @@ def demo(ctx: Context, quiet_seconds: float) -> None:
         except ModelError as exc:
             raise click.ClickException(str(exc)) from exc
     raise SystemExit(run_demo(settings, click.echo))
+
+
+def _register_training_commands() -> None:
+    from cad_node.training.cli import evaluate_command, train_command
+
+    main.add_command(train_command, "train")
+    main.add_command(evaluate_command, "evaluate")
+
+
+_register_training_commands()

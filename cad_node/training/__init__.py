@@ -1,0 +1,1 @@
+"""Training and evaluation of the node's image classifiers (``cad-node train`` / ``evaluate``)."""

@@ -1,0 +1,263 @@
+"""``cad-node train`` and ``cad-node evaluate`` (registered in the main group by the lead)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import click
+
+from cad_node.errors import CadNodeError
+from cad_node.training import datasets as dsets
+from cad_node.training.architectures import ALL_ARCHITECTURES, ARCHITECTURES
+
+log = logging.getLogger(__name__)
+Command = Callable[..., Any]
+Decorator = Callable[[Command], Command]
+
+_PATH = click.Path(path_type=Path)
+_EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+_EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("cad_node").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _architectures(value: str) -> tuple[str, ...]:
+    names = tuple(a.strip() for a in value.split(",") if a.strip())
+    unknown = [a for a in names if a not in ALL_ARCHITECTURES]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown {unknown}; choose from {', '.join(ALL_ARCHITECTURES)}")
+    return names
+
+
+def _train(
+    labels: Path,
+    images_root: Path | None,
+    layout: str,
+    task: str,
+    architectures: str,
+    image_size: int | None,
+    epochs: int | None,
+    folds: int | None,
+    batch_size: int | None,
+    lr: float,
+    seed: int,
+    max_images: int | None,
+    fast: bool,
+    pretrained: Path | None,
+    lesions: Path | None,
+    patch_epochs: int | None,
+    n_boot: int | None,
+    threads: int | None,
+    out_dir: Path | None,
+    export_name: str | None,
+    export_architecture: str | None,
+    model_version: str,
+    models_dir: Path,
+    benchmark: bool,
+    no_progress: bool,
+    verbose: bool,
+) -> None:
+    """Cross-validate architectures on the same patient folds; optionally export the best.
+
+    Writes comparison.csv/.md, roc.png, confusion_<arch>.png, oof_predictions.csv and
+    summary.json to --out-dir. --fast is a smoke test (64 px, 1 epoch, 2 folds, tiny models).
+    """
+    import torch
+
+    from cad_node.training import train as T
+
+    _setup_logging(verbose)
+    if threads:
+        torch.set_num_threads(threads)
+    overrides: dict[str, Any] = {
+        "task": cast(dsets.Task, task),
+        "architectures": _architectures(architectures),
+        "lr": lr,
+        "seed": seed,
+        "pretrained": pretrained,
+        "lesions_csv": lesions,
+        "patch_epochs": (patch_epochs if patch_epochs is not None else 5) if lesions else 0,
+        "progress": not no_progress,
+    }
+    for key, value in {
+        "image_size": image_size,
+        "epochs": epochs,
+        "folds": folds,
+        "batch_size": batch_size,
+        "n_boot": n_boot,
+    }.items():
+        if value is not None:
+            overrides[key] = value
+    cfg = T.fast_config(**overrides) if fast else T.TrainConfig(**overrides)
+    if fast and max_images is None:
+        max_images = 16
+    try:
+        samples = dsets.load_samples(labels, images_root, cast(dsets.Layout, layout))
+        if max_images is not None and max_images < len(samples):
+            samples = dsets.subsample_by_patient(samples, max_images, cfg.task, seed)
+        if benchmark:
+            timings = T.time_epochs(samples, cfg)
+            for arch, t in timings.items():
+                click.echo(
+                    f"{arch}: {t['seconds']:.1f} s/epoch ({len(samples)} images, "
+                    f"{cfg.image_size} px, {int(t['parameters']):,} parameters)"
+                )
+            return
+        if out_dir is None:
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            out_dir = Path("var") / "training" / f"{cfg.task}-{stamp}"
+        comparison = T.run_comparison(samples, cfg, out_dir)
+        click.echo(comparison.table, nl=False)
+        click.echo(f"reports written to {out_dir}")
+        if export_name:
+            folder = T.export_best(
+                comparison,
+                name=export_name,
+                version=model_version,
+                models_dir=models_dir,
+                labels_csv=labels,
+                architecture=export_architecture,
+            )
+            click.echo(f"model folder written to {folder}")
+    except CadNodeError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _with_options(options: list[Decorator], func: Command) -> Command:
+    """Apply click option decorators in reading order."""
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+TRAIN_OPTIONS: list[Decorator] = [
+    click.option("--labels", required=True, type=_EXISTING_FILE, help="Labels CSV."),
+    click.option("--images-root", type=_EXISTING_DIR, help="Image paths are relative to this."),
+    click.option(
+        "--layout",
+        type=click.Choice(dsets.LAYOUTS),
+        default="auto",
+        show_default=True,
+        help="Labels layout (auto-detected from the CSV header).",
+    ),
+    click.option("--task", type=click.Choice(dsets.TASKS), default="malignant", show_default=True),
+    click.option(
+        "--architectures",
+        default=",".join(ARCHITECTURES),
+        show_default=True,
+        help="Comma-separated architectures to compare on the same folds "
+        "(also: patchmax, a max over tiles scored by a light patch classifier).",
+    ),
+    click.option("--image-size", type=int, help="Input size in pixels [256; --fast 64]."),
+    click.option(
+        "--epochs", type=int, help="Whole-image epochs per fold [20; --fast 1]; 0 = patches only."
+    ),
+    click.option("--folds", type=int, help="Patient-level folds [5; --fast 2]."),
+    click.option("--batch-size", type=int, help="[16; --fast 8]"),
+    click.option("--lr", type=float, default=1e-3, show_default=True),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--max-images", type=int, help="Keep about this many images (whole patients)."),
+    click.option(
+        "--fast", is_flag=True, help="Smoke test: 16 images, 64 px, 1 epoch, 2 folds, tiny models."
+    ),
+    click.option(
+        "--pretrained", type=_EXISTING_FILE, help="DenseNet121 weights (else from scratch)."
+    ),
+    click.option(
+        "--lesions",
+        type=_EXISTING_FILE,
+        help="mias_abnormalities.csv: pretrain on lesion vs background patches of the "
+        "training folds first.",
+    ),
+    click.option("--patch-epochs", type=int, help="Patch pretraining epochs [5 with --lesions]."),
+    click.option("--bootstrap", "n_boot", type=int, help="Bootstrap draws [1000; --fast 100]."),
+    click.option("--threads", type=int, help="torch CPU threads."),
+    click.option("--out-dir", type=_PATH, help="Reports folder [var/training/TASK-TIME]."),
+    click.option(
+        "--export-name", help="Retrain the best architecture on all images; write MODELS_DIR/NAME."
+    ),
+    click.option(
+        "--export-architecture",
+        type=click.Choice(ALL_ARCHITECTURES),
+        help="Export this architecture instead of the best one.",
+    ),
+    click.option("--model-version", default="0.1.0", show_default=True),
+    click.option("--models-dir", type=_PATH, default=Path("models"), show_default=True),
+    click.option("--benchmark", is_flag=True, help="Only time one epoch per architecture."),
+    click.option("--no-progress", is_flag=True, help="No tqdm progress bars."),
+    click.option("-v", "--verbose", is_flag=True, help="Log progress at INFO level."),
+]
+
+train_command = click.command("train")(_with_options(TRAIN_OPTIONS, _train))
+
+
+def _evaluate(
+    model: Path,
+    labels: Path,
+    images_root: Path | None,
+    layout: str,
+    task: str,
+    threshold: float | None,
+    n_boot: int,
+    as_json: bool,
+    no_progress: bool,
+    verbose: bool,
+) -> None:
+    """Evaluate a model folder on a labelled data set (AUC with a patient-bootstrap 95% CI)."""
+    from cad_node.training.evaluate import evaluate_model_folder
+
+    _setup_logging(verbose)
+    try:
+        result = evaluate_model_folder(
+            model,
+            labels,
+            images_root=images_root,
+            task=cast(dsets.Task, task),
+            layout=cast(dsets.Layout, layout),
+            threshold=threshold,
+            n_boot=n_boot,
+            progress=not no_progress,
+        )
+    except CadNodeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    lo, hi = result["auc_ci95"]
+    auc = "n/a" if result["auc"] is None else f"{result['auc']:.3f}"
+    ci = "n/a" if lo is None else f"{lo:.3f}-{hi:.3f}"
+    click.echo(f"{result['model']} on {result['n']} images ({result['n_positive']} positive)")
+    click.echo(f"AUC {auc} (95% CI {ci})")
+    for key in ("accuracy", "sensitivity", "specificity", "precision", "f1"):
+        click.echo(f"{key}: {result[key]:.3f} at threshold {result['threshold']:.3f}")
+
+
+EVALUATE_OPTIONS: list[Decorator] = [
+    click.option("--model", required=True, type=_EXISTING_DIR, help="Model folder."),
+    click.option("--labels", required=True, type=_EXISTING_FILE, help="Labels CSV."),
+    click.option("--images-root", type=_EXISTING_DIR, help="Image paths are relative to this."),
+    click.option("--layout", type=click.Choice(dsets.LAYOUTS), default="auto", show_default=True),
+    click.option("--task", type=click.Choice(dsets.TASKS), default="malignant", show_default=True),
+    click.option("--threshold", type=float, help="Override the manifest's operating point."),
+    click.option("--bootstrap", "n_boot", type=int, default=1000, show_default=True),
+    click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
+    click.option("--no-progress", is_flag=True, help="No tqdm progress bars."),
+    click.option("-v", "--verbose", is_flag=True, help="Log at INFO level."),
+]
+
+evaluate_command = click.command("evaluate")(_with_options(EVALUATE_OPTIONS, _evaluate))
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m cad_node.training.cli train ...`
+    click.Group(commands=[train_command, evaluate_command])()

@@ -1,0 +1,214 @@
+"""Model folders: ``weights.safetensors`` + ``manifest.json`` + ``MODEL_CARD.md``.
+
+The node's inference loader reads these folders with :func:`load_model_folder`, which refuses
+weights whose sha256 differs from the manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cad_node.errors import ModelError
+from cad_node.training.architectures import build_model
+
+WEIGHTS = "weights.safetensors"
+MANIFEST = "manifest.json"
+CARD = "MODEL_CARD.md"
+FORMAT_VERSION = 1
+REQUIRED_KEYS = (
+    "name",
+    "version",
+    "architecture",
+    "architecture_kwargs",
+    "input",
+    "class_names",
+    "positive_class",
+    "threshold",
+    "weights_sha256",
+    "training_data",
+    "metrics",
+    "created",
+)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fmt_metric(entry: Mapping[str, Any]) -> str:
+    lo, hi = entry.get("ci95", [float("nan"), float("nan")])
+    return f"{entry['value']:.3f} (95% CI {lo:.3f}-{hi:.3f})"
+
+
+def model_card(manifest: Mapping[str, Any]) -> str:
+    """Markdown model card from a manifest."""
+    metrics = manifest["metrics"]
+    data = manifest["training_data"]
+    rows = "\n".join(
+        f"| {name} | {_fmt_metric(entry)} |"
+        for name, entry in metrics.get("cross_validated", {}).items()
+    )
+    smoke = (
+        "\n> **Smoke-test model** (`--fast`): tiny network, few images, one epoch. "
+        "It exists to test the pipeline and must never be used on patients.\n"
+        if manifest.get("smoke_test")
+        else ""
+    )
+    size = manifest["input"]["size"]
+    shape = f"{size[0]}x{size[1]}"
+    spacing = manifest["input"]["spacing_mm"]
+    mias = "mini-MIAS" in str(data.get("description", ""))
+    limitation = (
+        "- Trained on digitised screen-film MLO views (mini-MIAS, 400 µm/pixel after "
+        "downsampling),\n  a small data set from one UK centre in the early 1990s. **Not "
+        "validated on full-field\n  digital mammograms**, on CC views, or on any other "
+        "population; expect the performance to differ.\n"
+        if mias
+        else "- Validated only by cross-validation on its own training data set; not on "
+        "other scanners, views or populations.\n"
+    )
+    citation = (
+        "\n## Citation\nJ Suckling et al (1994): The Mammographic Image Analysis Society "
+        "Digital Mammogram Database.\nExcerpta Medica. International Congress Series 1069 "
+        "pp375-378.\n"
+        if mias
+        else ""
+    )
+    auc = metrics.get("cross_validated", {}).get("auc", {})
+    lo = auc.get("ci95", [0.0])[0]
+    chance = (
+        "\n> **Not better than chance**: the 95% CI of the cross-validated AUC includes 0.5. "
+        "Do not deploy.\n"
+        if auc and not lo > 0.5
+        else ""
+    )
+    return f"""# {manifest["name"]} {manifest["version"]}
+{smoke}
+Binary image classifier for screening mammography: **{manifest["positive_class"]}** vs
+**{manifest["class_names"][0]}** per image. Output is decision support for a radiologist,
+**not a diagnosis**.
+
+## Model
+- Architecture: `{manifest["architecture"]}` ({manifest.get("parameters", "?")} parameters),
+  kwargs `{json.dumps(manifest["architecture_kwargs"])}`
+- Input: {spacing} mm/pixel, {shape} pixels, through `cad_node.inference.preprocess`
+- Operating threshold on the sigmoid output: {manifest["threshold"]:.4f}
+  (chosen by Youden's J on out-of-fold cross-validation predictions)
+- Final weights: retrained on all training images with the cross-validated recipe; the
+  metrics below are those of the cross-validated fold models, not of these exact weights.
+
+## Training data
+- {data.get("description", "")}
+- Images: {data.get("n_images")} from {data.get("n_patients")} patients; positives:
+  {data.get("n_positive")}
+- Licence: {data.get("licence", "see the data set's own terms")}
+
+## Cross-validated performance
+{metrics.get("protocol", "")}
+
+| metric | value |
+|---|---|
+{rows}
+{chance}
+## Intended use
+Research and development of the cad-node pipeline: a second reader's prompt on screening
+mammograms, for a radiologist who makes every decision.
+
+## Limitations
+{
+        limitation
+    }- Whole-image classification at low resolution: microcalcifications are largely invisible.
+- Confidence intervals are wide because the data set is small.
+- Decision support, not a diagnosis; not a medical device.
+{citation}"""
+
+
+def export_model_folder(
+    model: nn.Module,
+    out_dir: Path,
+    manifest: Mapping[str, Any],
+) -> Path:
+    """Write weights, manifest (with sha256 and creation time) and model card into ``out_dir``."""
+    missing = [
+        k for k in REQUIRED_KEYS if k not in manifest and k not in {"weights_sha256", "created"}
+    ]
+    if missing:
+        raise ModelError(f"manifest lacks {missing}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / WEIGHTS
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(weights))
+    full = dict(manifest)
+    full["format_version"] = FORMAT_VERSION
+    full["weights_sha256"] = sha256_file(weights)
+    full["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    full.setdefault("parameters", sum(p.numel() for p in model.parameters()))
+    (out_dir / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
+    (out_dir / CARD).write_text(model_card(full))
+    return out_dir
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """Read and check a model folder's manifest."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ModelError(f"no {MANIFEST} in model folder {path}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"unreadable manifest in {path}: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise ModelError(f"manifest in {path} is not an object")
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise ModelError(f"manifest in {path} lacks {missing}")
+    return manifest
+
+
+def load_model_folder(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the model of a folder in eval mode after verifying its weights' sha256."""
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise ModelError(f"no {WEIGHTS} in model folder {folder}")
+    actual = sha256_file(weights)
+    if actual != manifest["weights_sha256"]:
+        raise ModelError(
+            f"weights of {folder} fail their checksum (manifest {manifest['weights_sha256'][:12]}, "
+            f"file {actual[:12]})"
+        )
+    model = build_model(str(manifest["architecture"]), **dict(manifest["architecture_kwargs"]))
+    try:
+        state = load_file(str(weights))
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise ModelError(
+            f"weights of {folder} do not fit {manifest['architecture']}: {exc}"
+        ) from exc
+    model.eval()
+    return model, manifest
+
+
+def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Sigmoid probabilities of a (N, 1, H, W) batch, in eval mode without gradients."""
+    model.eval()
+    outs = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            outs.append(torch.sigmoid(model(images[start : start + batch_size]).reshape(-1)))
+    return torch.cat(outs) if outs else torch.empty(0)

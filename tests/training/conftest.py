@@ -1,0 +1,37 @@
+"""Shared fixtures of the training tests: a handful of real mini-MIAS films."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from conftest import IN_CI, SHARED_MAMMO
+
+MIAS_DIR = SHARED_MAMMO / "mini_mias"
+# Six patients (both breasts each): three with a malignant film, three without.
+MIAS_SUBSET = (
+    "mdb023", "mdb024", "mdb171", "mdb172", "mdb241", "mdb242",
+    "mdb003", "mdb004", "mdb005", "mdb006", "mdb301", "mdb302",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def mias_dir() -> Path:
+    """The real mini-MIAS folder (tests skip when it is absent)."""
+    if not (MIAS_DIR / "mias_labels.csv").is_file() and not IN_CI:
+        pytest.skip("mini-MIAS data not available")
+    return MIAS_DIR
+
+
+@pytest.fixture(scope="session")
+def mias_subset_csv(mias_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A labels CSV of a few real films, image paths relative to the mini-MIAS folder."""
+    with (mias_dir / "mias_labels.csv").open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["refnum"] in MIAS_SUBSET]
+    out = tmp_path_factory.mktemp("mias") / "subset.csv"
+    with out.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out

@@ -1,0 +1,101 @@
+"""``train --fast`` and ``evaluate --json`` on a handful of real mini-MIAS films."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from cad_node.training.cli import evaluate_command, train_command
+from cad_node.training.export import load_model_folder
+
+EVAL_KEYS = {
+    "n", "auc", "auc_ci95", "accuracy", "sensitivity", "specificity", "precision", "f1",
+    "threshold",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(
+    mias_dir: Path, mias_subset_csv: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Result, Path, Path]:
+    work = tmp_path_factory.mktemp("train")
+    result = CliRunner().invoke(
+        train_command,
+        [
+            "--labels", str(mias_subset_csv),
+            "--images-root", str(mias_dir),
+            "--fast",
+            "--lesions", str(mias_dir / "mias_abnormalities.csv"),
+            "--patch-epochs", "1",
+            "--out-dir", str(work / "report"),
+            "--export-name", "smoke",
+            "--models-dir", str(work / "models"),
+            "--no-progress",
+        ],
+    )  # fmt: skip
+    return result, work / "report", work / "models" / "smoke"
+
+
+def test_train_fast_writes_table_and_model(trained: tuple[Result, Path, Path]) -> None:
+    result, report, model_dir = trained
+    assert result.exit_code == 0, result.output
+    for arch in ("baseline", "light", "densenet121", "resnet50"):
+        assert f"| {arch} |" in result.output
+        assert (report / f"confusion_{arch}.png").is_file()
+    for name in ("comparison.csv", "comparison.md", "roc.png", "oof_predictions.csv"):
+        assert (report / name).is_file()
+    _model, manifest = load_model_folder(model_dir)
+    assert manifest["smoke_test"] is True
+    assert manifest["input"] == {"spacing_mm": 3.2, "size": [64, 64], "channels": 1}
+    assert "auc" in manifest["metrics"]["cross_validated"]
+    assert (model_dir / "MODEL_CARD.md").is_file()
+
+
+def test_evaluate_json(
+    trained: tuple[Result, Path, Path], mias_dir: Path, mias_subset_csv: Path
+) -> None:
+    _, _, model_dir = trained
+    result = CliRunner().invoke(
+        evaluate_command,
+        [
+            "--model", str(model_dir),
+            "--labels", str(mias_subset_csv),
+            "--images-root", str(mias_dir),
+            "--task", "malignant",
+            "--bootstrap", "50",
+            "--json",
+            "--no-progress",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(payload) >= EVAL_KEYS
+    assert payload["n"] == 12 and len(payload["auc_ci95"]) == 2
+
+
+def test_evaluate_refuses_tampered_model(
+    trained: tuple[Result, Path, Path], tmp_path: Path, mias_dir: Path, mias_subset_csv: Path
+) -> None:
+    _, _, model_dir = trained
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in model_dir.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    data = bytearray((copy / "weights.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / "weights.safetensors").write_bytes(bytes(data))
+    result = CliRunner().invoke(
+        evaluate_command,
+        ["--model", str(copy), "--labels", str(mias_subset_csv), "--images-root", str(mias_dir)],
+    )
+    assert result.exit_code != 0 and "checksum" in result.output
+
+
+def test_train_rejects_unknown_architecture(mias_subset_csv: Path) -> None:
+    result = CliRunner().invoke(
+        train_command, ["--labels", str(mias_subset_csv), "--architectures", "vgg", "--fast"]
+    )
+    assert result.exit_code != 0 and "unknown" in result.output

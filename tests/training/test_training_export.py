@@ -1,0 +1,64 @@
+"""Model folders: round trip, checksum, tampering."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cad_node.errors import ModelError
+from cad_node.training import architectures as A
+from cad_node.training.export import export_model_folder, load_model_folder
+
+
+def _manifest() -> dict[str, object]:
+    ci = {"value": 0.7, "ci95": [0.6, 0.8]}
+    return {
+        "name": "test-model",
+        "version": "0.0.1",
+        "architecture": "light",
+        "architecture_kwargs": A.default_kwargs("light", fast=True),
+        "input": {"spacing_mm": 3.2, "size": [64, 64]},
+        "class_names": ["not_malignant", "malignant"],
+        "positive_class": "malignant",
+        "threshold": 0.5,
+        "training_data": {"description": "unit test", "n_images": 0},
+        "metrics": {"cross_validated": {"auc": ci}},
+        "smoke_test": True,
+    }
+
+
+def test_round_trip_and_tamper(tmp_path: Path) -> None:
+    model = A.build_model("light", **A.default_kwargs("light", fast=True)).eval()
+    folder = export_model_folder(model, tmp_path / "m", _manifest())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert len(manifest["weights_sha256"]) == 64 and manifest["created"]
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "research use" in card.lower() or "licence" in card.lower()
+    assert "not a diagnosis" in card and "Smoke-test" in card
+
+    loaded, m2 = load_model_folder(folder)
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x))
+    assert m2["threshold"] == 0.5
+
+    weights = folder / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="checksum"):
+        load_model_folder(folder)
+
+
+def test_missing_or_broken_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelError):
+        load_model_folder(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelError):
+        load_model_folder(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"name": "x"}))
+    with pytest.raises(ModelError, match="lacks"):
+        load_model_folder(tmp_path)
