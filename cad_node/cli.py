@@ -482,12 +482,13 @@ def demo(ctx: Context, quiet_seconds: float) -> None:
         update={"host": "127.0.0.1", "port": 0, "study_quiet_seconds": quiet_seconds}
     )
     _setup_logging("WARNING")
+    analyse = True
     if not settings.model:
         try:
             default_model_path()
-        except ModelError as exc:
-            raise click.ClickException(str(exc)) from exc
-    raise SystemExit(run_demo(settings, click.echo))
+        except ModelError:
+            analyse = False
+    raise SystemExit(run_demo(settings, click.echo, analyse=analyse))
 
 
 def _register_training_commands() -> None:

@@ -71,9 +71,14 @@ def montage(images: list[np.ndarray], path: Path, height: int = 512) -> None:
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
-def run_demo(settings: Settings, echo: Callable[[str], None], timeout: float = 900) -> int:
-    """Run the demonstration; returns a process exit code."""
-    node = Node(settings)
+def run_demo(
+    settings: Settings, echo: Callable[[str], None], timeout: float = 900, *, analyse: bool = True
+) -> int:
+    """Run the demonstration; returns a process exit code.
+
+    With ``analyse=False`` (no model installed) it shows ingest and study assembly only.
+    """
+    node = Node(settings, pipeline=analyse)
     node.start()
     try:
         port = node.scp.port
@@ -87,6 +92,8 @@ def run_demo(settings: Settings, echo: Callable[[str], None], timeout: float = 9
             )
         jobs = JobRepository(node.engine)
         uids = [exam[0].StudyInstanceUID for exam in exams]
+        if not analyse:
+            return _assembly_only(node, uids, echo, timeout)
         echo(
             f"waiting for the quiet period ({settings.study_quiet_seconds:g} s) and the analysis..."
         )
@@ -132,3 +139,30 @@ def run_demo(settings: Settings, echo: Callable[[str], None], timeout: float = 9
         return 0 if all(j["state"] == JobState.DONE for j in finished.values()) else 1
     finally:
         node.stop()
+
+
+def _assembly_only(node: Node, uids: list[str], echo: Callable[[str], None], timeout: float) -> int:
+    echo(f"waiting for the quiet period ({node.settings.study_quiet_seconds:g} s)...")
+    deadline = time.monotonic() + timeout
+    studies: dict[str, dict[str, Any]] = {}
+    while len(studies) < len(uids) and time.monotonic() < deadline:
+        for uid in uids:
+            shown = node.repo.show_study(uid)
+            if shown and shown["status"] == "complete":
+                studies[uid] = shown
+        time.sleep(0.2)
+    for uid in uids:
+        study = studies.get(uid)
+        if study is None:
+            echo(f"study {uid}: not complete within {timeout:g} s")
+            return 1
+        echo(
+            f"\nstudy {uid}: complete, views {', '.join(study['views'])}"
+            f"{'; missing ' + ', '.join(study['missing_views']) if study['missing_views'] else ''}"
+        )
+    echo(
+        "\nNo model is installed, so the studies were received, stored and assembled but not "
+        "analysed. Install a model folder under models/ (models/DEFAULT names it) or set "
+        "CAD_NODE_MODEL; `cad-node train` makes one."
+    )
+    return 0

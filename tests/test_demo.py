@@ -29,3 +29,14 @@ def test_demo_analyses_both_exams_and_writes_a_montage(tmp_path: Path) -> None:
     for job in (1, 2):
         reports = list((settings.outbox_dir / f"job-{job}").glob("*.dcm"))
         assert len(reports) == 6
+
+
+@pytest.mark.slow
+def test_demo_without_a_model_shows_ingest_and_assembly_and_says_why(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "data", study_quiet_seconds=1.0)
+    lines: list[str] = []
+    assert run_demo(settings, lines.append, timeout=120, analyse=False) == 0
+    text = "\n".join(lines)
+    assert text.count("complete, views L-CC, L-MLO, R-CC, R-MLO") == 2
+    assert "No model is installed" in text
+    assert not (settings.data_dir / "demo-heatmaps.png").exists()
