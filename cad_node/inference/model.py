@@ -98,6 +98,7 @@ class CadModel:
     cam_layer: str = field(default="")
     outputs: int = 1
     """Logits per image: 1 (sigmoid) or one per class (softmax, positive class last)."""
+    _cam: Any = field(default=None, init=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -155,12 +156,8 @@ class CadModel:
         Heatmaps are (N, H, W) on the model grid, each scaled to [0, 1]. For a single-logit
         model the score comes from the same forward pass Grad-CAM differentiates.
         """
-        from monai.visualize.class_activation_maps import GradCAM
-
         x = self._input(batch)
-        cam = GradCAM(
-            nn_module=self.module, target_layers=self.cam_layer, postprocessing=_unit_range
-        )
+        cam = self._gradcam()
         with torch.enable_grad():
             maps = cam(x=x, class_idx=self.outputs - 1)
             logit = cam.nn_module.score
@@ -169,6 +166,30 @@ class CadModel:
         if self.outputs == 1 and logit is not None:
             return self._probabilities(logit.detach().reshape(-1, 1)), heat
         return self.scores(batch), heat
+
+    def _gradcam(self) -> Any:
+        """MONAI's GradCAM for this model, made once (it registers hooks on the module).
+
+        Grad-CAM needs gradients from the output down to the target layer only. The target
+        layer's output is made the root of the autograd graph (while gradients are enabled) and
+        the weights are frozen, so the backward pass stops there instead of running through the
+        whole network: the same maps and scores at a fraction of the cost.
+        """
+        if self._cam is None:
+            from monai.visualize.class_activation_maps import GradCAM
+
+            def reroot(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+                if torch.is_grad_enabled() and isinstance(output, torch.Tensor):
+                    return output.detach().requires_grad_(True)
+                return None
+
+            self.module.requires_grad_(False)
+            target = dict(self.module.named_modules())[self.cam_layer]
+            target.register_forward_hook(reroot, prepend=True)
+            self._cam = GradCAM(
+                nn_module=self.module, target_layers=self.cam_layer, postprocessing=_unit_range
+            )
+        return self._cam
 
     def heatmaps(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Grad-CAM heatmaps alone (see :meth:`scores_and_heatmaps`)."""

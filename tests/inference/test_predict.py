@@ -183,3 +183,21 @@ def test_scores_from_the_heatmap_pass_equal_plain_scores() -> None:
     scores, maps = model.scores_and_heatmaps(batch)
     assert np.allclose(scores, model.scores(batch), atol=1e-6)
     assert maps.shape == (3, *SIZE)
+
+
+def test_truncated_gradcam_equals_full_backward_gradcam_and_adds_no_hooks() -> None:
+    from monai.visualize.class_activation_maps import GradCAM
+
+    from cad_node.inference.model import _unit_range
+
+    batch = np.random.default_rng(2).random((2, 1, *SIZE), dtype=np.float32)
+    reference = GradCAM(
+        nn_module=BrightSpotNet().eval(), target_layers="act", postprocessing=_unit_range
+    )(x=torch.from_numpy(batch), class_idx=0)
+    model = bright_spot_model()
+    _, first = model.scores_and_heatmaps(batch)
+    hooks = len(model.module.act._forward_hooks)
+    _, again = model.scores_and_heatmaps(batch)
+    assert len(model.module.act._forward_hooks) == hooks  # one GradCAM per model
+    assert np.allclose(first, reference[:, 0].numpy(), atol=1e-6)
+    assert np.array_equal(first, again)
