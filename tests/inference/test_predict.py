@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from factories import mammogram, write
 from model_factory import SIZE, BrightSpotNet, bright_spot_model, tiny_model_folder
