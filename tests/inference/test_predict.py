@@ -200,5 +200,5 @@ def test_truncated_gradcam_equals_full_backward_gradcam_and_adds_no_hooks() -> N
     hooks = len(model.module.act._forward_hooks)
     _, again = model.scores_and_heatmaps(batch)
     assert len(model.module.act._forward_hooks) == hooks  # one GradCAM per model
-    assert np.allclose(first, reference[:, 0].numpy(), atol=1e-6)
+    assert np.allclose(first, reference[:, 0].detach().numpy(), atol=1e-6)
     assert np.array_equal(first, again)
