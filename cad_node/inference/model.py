@@ -202,6 +202,9 @@ def load_cad_model(path: Path | None = None, device: str = "auto") -> CadModel:
 
     folder = path or default_model_path()
     module, manifest = load_model_folder(folder)
+    for key in ("name", "version"):
+        if len(str(manifest[key])) > 64:  # DICOM LO, as written in every result object
+            raise ModelError(f"model {key} {str(manifest[key])[:20]!r}... exceeds 64 characters")
     target = resolve_device(device)
     module = module.to(target).eval()
     module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

@@ -48,6 +48,18 @@ _PATIENT_STUDY_TYPE2: Final = (
 _ORIENTATION: Final = re.compile(r"^(A|P|R|L|H|F)+$")
 
 
+LO_MAX = 64
+"""Longest value of the DICOM Long String (LO) VR: descriptions, model names, versions."""
+
+
+def fit_lo(template: str, label: str) -> str:
+    """``template`` with ``{label}`` filled in, the label shortened so the result fits LO."""
+    room = LO_MAX - len(template.format(label=""))
+    if len(label) > room:
+        label = label[: max(room - 2, 0)] + ".."
+    return template.format(label=label)
+
+
 @dataclass(frozen=True)
 class Algorithm:
     """The model that produced an analysis, as the result objects name it."""
@@ -60,6 +72,8 @@ class Algorithm:
     def __post_init__(self) -> None:
         if not self.name.strip() or not self.version.strip():
             raise ValueError(f"algorithm name and version are required: {self!r}")
+        if len(self.name) > LO_MAX or len(self.version) > LO_MAX:
+            raise ValueError(f"algorithm name and version must fit {LO_MAX} characters")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold {self.threshold!r} is outside [0, 1]")
 
@@ -101,7 +115,7 @@ class Algorithm:
                     uid=self.device_uid,
                     name=self.name,
                     manufacturer_name=self.manufacturer,
-                    model_name=self.label,
+                    model_name=fit_lo("{label}", self.label),
                 ),
             )
         )

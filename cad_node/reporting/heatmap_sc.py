@@ -27,6 +27,7 @@ from cad_node.reporting.common import (
     AnalysedImage,
     Inputs,
     ReportingError,
+    fit_lo,
     patient_orientation,
     score_text,
 )
@@ -88,7 +89,7 @@ def build_heatmap_sc(
         contributing_equipment=[algorithm.contributing_equipment()],
         manufacturer_model_name=algorithm.name,
         software_versions=algorithm.version,
-        series_description=f"AI heatmaps ({algorithm.label}) - not for diagnosis",
+        series_description=fit_lo("AI heatmaps ({label}) - not for diagnosis", algorithm.label),
     )
     if orientation is None:
         sc.PatientOrientation = []  # Type 2: unknown for this source

@@ -37,6 +37,7 @@ from cad_node.reporting.common import (
     DocumentRef,
     Inputs,
     ReportingError,
+    fit_lo,
     predecessors_of_class,
 )
 
@@ -119,7 +120,7 @@ def build_measurement_report_sr(
         manufacturer=algorithm.manufacturer,
         manufacturer_model_name=algorithm.name,
         software_versions=algorithm.version,
-        series_description=f"AI measurements ({algorithm.label}) - not a diagnosis",
+        series_description=fit_lo("AI measurements ({label}) - not a diagnosis", algorithm.label),
         is_complete=True,
         previous_versions=predecessors_of_class(previous, Comprehensive3DSRStorage),
         contributing_equipment=[algorithm.contributing_equipment()],

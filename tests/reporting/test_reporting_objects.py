@@ -380,3 +380,21 @@ def test_mismatched_inputs_are_refused(analysis: StudyAnalysis, sources: list[Da
 def test_objects_carry_their_kind(analysis: StudyAnalysis, sources: list[Dataset]) -> None:
     kinds = [o.kind for o in build_result_objects(analysis, sources, ALGORITHM)]
     assert kinds == [MAMMO_CAD_SR, TID1500_SR, *[HEATMAP_SC] * len(sources)]
+
+
+def test_a_long_model_name_still_makes_valid_objects(
+    sources: list[Dataset],
+    analysis: StudyAnalysis,
+    tmp_path: Path,
+    dciodvfy: Callable[[Path], list[str]],
+) -> None:
+    """Descriptions embed the model's name; LO values must still fit 64 characters."""
+    algorithm = Algorithm("densenet121-untrained-timing-stand-in-with-a-long-name", "0.1.0", 0.5)
+    objects = [o.dataset for o in build_result_objects(analysis, sources, algorithm)]
+    for n, ds in enumerate(objects):
+        assert len(ds.SeriesDescription) <= 64 and ds.SeriesDescription.endswith("diagnosis")
+        path = tmp_path / f"{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert dciodvfy(path) == [], f"object {n} ({ds.SOPClassUID.name})"
+    with pytest.raises(ValueError, match="64 characters"):
+        Algorithm("x" * 65, "1", 0.5)
