@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -116,6 +117,8 @@ def run(tmp: Path, model: Path, n: int, quiet: float, workers: int) -> tuple[lis
         node.start()
         started.append(node)
         wait_listening(node_port)
+        if workers:  # share the cores between the workers instead of oversubscribing them
+            env["CAD_NODE_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
         for i in range(workers):
             w = worker(tmp / "data", env, f"worker{i}")
             w.start()

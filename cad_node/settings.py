@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = Field(
+        default=0, ge=0, description="CPU threads for inference per process; 0: torch's default"
+    )
     model: str = Field(default="", description="model folder; empty: the one models/DEFAULT names")
     delivery_max_attempts: int = Field(
         default=8, ge=1, description="then the object waits in the outbox"

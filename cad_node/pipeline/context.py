@@ -44,6 +44,10 @@ class PipelineContext:
         """The configured model, loaded and verified once per process."""
         with self._model_lock:
             if self._model is None:
+                if self.settings.torch_threads:
+                    import torch
+
+                    torch.set_num_threads(self.settings.torch_threads)
                 path = Path(self.settings.model) if self.settings.model else None
                 self._model = load_cad_model(path, self.settings.device)
             return self._model
