@@ -120,3 +120,23 @@ def test_results_reach_a_pacs_that_was_down_once_it_is_back(
         assert len(pacs.received) == 6  # every object once: no duplicates after the retries
     finally:
         pacs.stop()
+
+
+def test_torch_threads_setting_applies_when_the_model_loads(tmp_path: Path) -> None:
+    import torch
+    from conftest import make_settings
+
+    from cad_node.pipeline.context import PipelineContext
+
+    before = torch.get_num_threads()
+    settings = make_settings(
+        tmp_path / "data", model=str(tiny_model_folder(tmp_path / "model")), torch_threads=1
+    )
+    settings.data_dir.mkdir(parents=True)
+    ctx = PipelineContext(settings)
+    try:
+        ctx.model()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+        ctx.close()
