@@ -214,6 +214,35 @@ def audit_show(ctx: Context, study_uid: str, as_json: bool) -> None:
         click.echo(f"  {e['at']}  {e['level']:<7} {e['kind']:<20} {e['detail'] or ''}")
 
 
+@audit.command("summary")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def audit_summary(ctx: Context, as_json: bool) -> None:
+    """At a glance: studies, images received (last hour/day), jobs, deliveries, errors."""
+    from cad_node.audit.jobs import JobRepository
+    from cad_node.audit.models import utcnow
+
+    repo = _repository(ctx)
+    summary = repo.ingest_counts(utcnow())
+    summary.update(JobRepository(repo.engine).counts())
+    summary["recent_errors"] = repo.recent_events(10, "error")
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+
+    def line(counts: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+    click.echo(f"studies             {line(summary['studies'])}")
+    click.echo(f"images, last hour   {line(summary['instances']['last_hour'])}")
+    click.echo(f"images, last day    {line(summary['instances']['last_day'])}")
+    click.echo(f"jobs                {line(summary['jobs'])}")
+    click.echo(f"deliveries          {line(summary['deliveries'])}")
+    click.echo(f"recent errors       {len(summary['recent_errors'])}")
+    for e in summary["recent_errors"]:
+        click.echo(f"  {e['at']}  {e['kind']:<18} {e['study_instance_uid'] or '-'}  {e['detail']}")
+
+
 @audit.command("events")
 @click.option("--level", type=click.Choice(["info", "warning", "error"]))
 @click.option("--limit", default=50, show_default=True)

@@ -438,8 +438,14 @@ class JobRepository:
                 )
             return out
 
-    def counts(self) -> dict[str, int]:
-        """Jobs per state, for ops at a glance."""
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Jobs and deliveries per state, for ops at a glance."""
         with self._sessions() as session:
-            rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
-            return {str(state): int(n) for state, n in rows}
+            jobs = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+            sends = session.execute(
+                select(Delivery.state, func.count()).group_by(Delivery.state)
+            ).all()
+            return {
+                "jobs": {str(state): int(n) for state, n in jobs},
+                "deliveries": {str(state): int(n) for state, n in sends},
+            }

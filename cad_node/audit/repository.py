@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
@@ -335,6 +335,20 @@ class AuditRepository:
                 for e in events
             ]
             return result
+
+    def ingest_counts(self, now: datetime) -> dict[str, Any]:
+        """Studies per state and C-STORE outcomes over the last hour and day."""
+        with self._sessions() as session:
+            studies = session.execute(select(Study.state, func.count()).group_by(Study.state)).all()
+            windows: dict[str, dict[str, int]] = {}
+            for name, hours in (("last_hour", 1), ("last_day", 24)):
+                rows = session.execute(
+                    select(Instance.outcome, func.count())
+                    .where(Instance.received_at >= now - timedelta(hours=hours))
+                    .group_by(Instance.outcome)
+                ).all()
+                windows[name] = {str(outcome): int(n) for outcome, n in rows}
+            return {"studies": {str(s): int(n) for s, n in studies}, "instances": windows}
 
     def recent_events(self, limit: int = 50, level: str | None = None) -> list[dict[str, Any]]:
         """The newest events (optionally of one level), newest first."""

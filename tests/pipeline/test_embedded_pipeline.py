@@ -63,6 +63,23 @@ def test_study_to_reports_at_the_pacs_and_reanalysis_after_a_late_image(
         ]
         assert predecessors == [first_sr]
         assert sr.StudyInstanceUID == uid
+
+        # What ops see at a glance.
+        import json
+
+        from click.testing import CliRunner
+
+        from cad_node.cli import main
+
+        env = {"CAD_NODE_DATA_DIR": str(node.settings.data_dir)}
+        result = CliRunner(env=env).invoke(main, ["audit", "summary", "--json"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.output)
+        assert summary["studies"] == {"complete": 1}
+        assert summary["instances"]["last_hour"] == {"stored": 4}
+        assert summary["jobs"] == {"done": 2}
+        assert summary["deliveries"] == {"sent": 5 + 6}
+        assert summary["recent_errors"] == []
     finally:
         pacs.stop()
 
