@@ -90,8 +90,22 @@ def serve(ctx: Context) -> None:
         f"(quiet period {settings.study_quiet_seconds:g} s). Ctrl-C stops.",
         err=True,
     )
+    _warn_without_model(settings)
     stop.wait()
     node.stop()
+
+
+def _warn_without_model(settings: Settings) -> None:
+    """Say at start-up, not only per job, when studies cannot be analysed."""
+    from cad_node.errors import ModelError
+    from cad_node.inference.model import default_model_path
+
+    if settings.model:
+        return
+    try:
+        default_model_path()
+    except ModelError as exc:
+        click.echo(f"WARNING: {exc} Studies are stored and assembled, not analysed.", err=True)
 
 
 @main.group()

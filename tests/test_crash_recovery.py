@@ -30,6 +30,7 @@ def _free_port() -> int:
 
 class ServeProcess:
     def __init__(self, data_dir: Path, quiet: float) -> None:
+        self.data_dir = data_dir
         self.port = _free_port()
         self.env = {
             **os.environ,
@@ -42,7 +43,11 @@ class ServeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([CAD_NODE, "serve"], env=self.env, stderr=subprocess.PIPE)
+        # Output goes to a file: an unread pipe would block the node once it fills.
+        self.log = (self.data_dir.parent / "serve.log").open("ab")
+        self.proc = subprocess.Popen(
+            [CAD_NODE, "serve"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+        )
         wait_for(self._listening, timeout=30, interval=0.2)
 
     def _listening(self) -> bool:
@@ -98,3 +103,5 @@ def test_sigkill_after_acknowledgement_loses_nothing(serve: ServeProcess, tmp_pa
     assert not (tmp_path / "data" / "incoming" / "tmpcrashed.dcm").exists()
     kinds = [e["kind"] for e in repo.recent_events(100)]
     assert "node.recovered" in kinds
+    # No model is installed here: the node says so once, at start-up.
+    assert "no model installed" in (tmp_path / "serve.log").read_text()

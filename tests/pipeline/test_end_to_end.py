@@ -120,8 +120,11 @@ def _check_results(stack: Stack, views: list[Dataset], results: list[Dataset]) -
     )
     uid = views[0].StudyInstanceUID
     assert {d.StudyInstanceUID for d in results} == {uid}
-    [job] = stack.jobs().jobs_of_study(uid)
-    assert job["state"] == "done", job
+    # Orthanc holds the last object as soon as it answers the C-STORE; the node records that
+    # send just after, and only then is the job done.
+    [job] = wait_for(
+        lambda: [j for j in stack.jobs().jobs_of_study(uid) if j["state"] == "done"], timeout=30
+    )
     breasts = job["result"]["breasts"]
     sr = next(d for d in results if d.SOPClassUID == MAMMO_CAD_SR_CLASS)
     items = list(_walk(sr.ContentSequence))
