@@ -11,7 +11,7 @@ from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
-from cad_node.audit.models import Delivery, Event, Instance, Job, Study, utcnow
+from cad_node.audit.models import Delivery, Event, Instance, Job, Study, new_event, utcnow
 from cad_node.domain import DeliveryState, InstanceOutcome, JobState, StudyState
 
 
@@ -69,9 +69,7 @@ class JobRepository:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     def _event(self, kind: str, study_uid: str | None, detail: str, level: str = "info") -> Event:
-        return Event(
-            at=utcnow(), kind=kind, level=level, study_instance_uid=study_uid, detail=detail
-        )
+        return new_event(kind, level=level, detail=detail, study_instance_uid=study_uid)
 
     def create_job(self, study_instance_uid: str, revision: int) -> tuple[int, bool]:
         """The job for this study revision, created if new: ``(job_id, created)``.

@@ -190,3 +190,25 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+def new_event(
+    kind: str,
+    *,
+    level: str = "info",
+    detail: str | None = None,
+    study_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    calling_ae: str | None = None,
+    at: datetime | None = None,
+) -> Event:
+    """An event-log row (``at`` defaults to now)."""
+    return Event(
+        at=at or utcnow(),
+        kind=kind,
+        level=level,
+        detail=detail,
+        study_instance_uid=study_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+        calling_ae=calling_ae,
+    )

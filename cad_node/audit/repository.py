@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.assembly import InstanceInfo, quiet_cutoff, views_present_and_missing
-from cad_node.audit.models import Event, Instance, Study, utcnow
+from cad_node.audit.models import Event, Instance, Study, new_event, utcnow
 from cad_node.domain import InstanceOutcome, StudyState
 
 
@@ -60,9 +60,8 @@ class AuditRepository:
         """Append one event to the log."""
         with self._sessions.begin() as session:
             session.add(
-                Event(
-                    at=utcnow(),
-                    kind=kind,
+                new_event(
+                    kind,
                     level=level,
                     detail=detail,
                     study_instance_uid=study_instance_uid,
@@ -148,14 +147,13 @@ class AuditRepository:
                 events.insert(0, ("study.reopened", "late instance after completion"))
             for kind, detail in events:
                 session.add(
-                    Event(
-                        at=now,
-                        kind=kind,
-                        level="info",
+                    new_event(
+                        kind,
                         detail=detail,
                         study_instance_uid=info.study_instance_uid,
                         sop_instance_uid=info.sop_instance_uid,
                         calling_ae=calling_ae,
+                        at=now,
                     )
                 )
         return reopened
@@ -220,14 +218,14 @@ class AuditRepository:
                 )
             )
             session.add(
-                Event(
-                    at=now,
-                    kind=f"instance.{outcome.value}",
+                new_event(
+                    f"instance.{outcome.value}",
                     level="warning" if outcome == InstanceOutcome.REJECTED else "info",
                     detail=reason,
                     study_instance_uid=study_instance_uid,
                     sop_instance_uid=sop_instance_uid,
                     calling_ae=calling_ae,
+                    at=now,
                 )
             )
 
@@ -280,12 +278,11 @@ class AuditRepository:
             uid, revision = changed
             detail = f"views={','.join(present) or '-'} missing={','.join(missing) or '-'}"
             session.add(
-                Event(
-                    at=now,
-                    kind="study.completed",
-                    level="info",
+                new_event(
+                    "study.completed",
                     detail=f"revision {revision}; {detail}",
                     study_instance_uid=uid,
+                    at=now,
                 )
             )
             return CompletedStudy(uid, revision, present, missing)
