@@ -32,10 +32,15 @@ import tempfile
 import threading
 from collections.abc import Callable
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 import pynetdicom.dimse_messages
 import pynetdicom.transport
+
+_incoming: Path | None = None
+"""Where received datasets are written (the spool's incoming folder, same filesystem as the
+spool so acknowledging is a rename); None: the system's temporary folder."""
 
 WRITEBACK_BYTES = 8 * 2**20
 """Start kernel writeback each time this much new data has been flushed."""
@@ -66,6 +71,8 @@ class ReceivingFile:
     """A named temporary file that hashes what it receives and records write errors."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if _incoming is not None and _incoming.is_dir():
+            kwargs["dir"] = _incoming
         self._file = tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 - owned
         self._raw = self._file.file  # skip the wrapper's per-call attribute forwarding
         self.name: str = self._file.name
@@ -158,9 +165,21 @@ def recv_exactly(self: Any, nr_bytes: int) -> bytearray:
     return buffer
 
 
-def install() -> None:
-    """Replace pynetdicom's socket read and C-STORE receive file with the ones above."""
+def install(incoming: Path) -> None:
+    """Replace pynetdicom's socket read and C-STORE receive file with the ones above.
+
+    Received datasets go to ``incoming``; nothing else in the process is affected.
+    """
+    global _incoming
+    _incoming = incoming
     if not hasattr(pynetdicom.dimse_messages, "NamedTemporaryFile"):
         raise RuntimeError("pynetdicom no longer streams through NamedTemporaryFile")
     pynetdicom.dimse_messages.NamedTemporaryFile = ReceivingFile  # type: ignore[attr-defined]
     pynetdicom.transport.AssociationSocket.recv = recv_exactly  # type: ignore[method-assign]
+
+
+def release(incoming: Path) -> None:
+    """Stop writing into ``incoming`` (a stopped node's folder may disappear)."""
+    global _incoming
+    if _incoming == incoming:
+        _incoming = None

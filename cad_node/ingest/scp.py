@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from typing import Any
 
 from pynetdicom import AE, _config, evt
@@ -48,8 +47,7 @@ class StorageSCP:
         # Received datasets stream straight to a file in the spool's incoming folder, on the
         # same filesystem as the spool, so acknowledging one is an fsync and a rename.
         _config.STORE_RECV_CHUNKED_DATASET = True
-        receive_path.install()
-        tempfile.tempdir = str(self.ctx.spool.incoming)
+        receive_path.install(self.ctx.spool.incoming)
         ae = build_ae(self.settings)
         bound = [self.ctx]
         self._server = ae.start_server(
@@ -81,3 +79,4 @@ class StorageSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+            receive_path.release(self.ctx.spool.incoming)

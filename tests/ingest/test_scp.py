@@ -33,6 +33,12 @@ def _complete(node: Node, uid: str, timeout: float = 5.0) -> dict[str, Any]:
     )
 
 
+def test_node_leaves_the_process_temporary_folder_alone(node: Node) -> None:
+    import tempfile
+
+    assert Path(tempfile.gettempdir()) != node.spool.incoming
+
+
 def test_echo(node: Node) -> None:
     assoc = associate(node.scp.port)
     assert assoc.is_established
