@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,17 +28,12 @@ from pydicom.uid import generate_uid
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from factories import mammogram
 from peers import dcmtk_tool
+from services import free_port
 
 ROWS, COLS = 3328, 2560
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 DCMTK: dict[str, str] = {}
 """dcmtk tool paths, resolved in main() (not pynetdicom's apps of the same names)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_images(folder: Path, n: int) -> list[Path]:

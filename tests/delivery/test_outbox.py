@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import pytest
 from conftest import require_dcmtk, wait_for
 from factories import mammogram, write
 from receiver import Receiver, start_receiver
+from services import free_port
 
 from cad_node.assembly import identify
 from cad_node.audit.db import make_engine, upgrade
@@ -23,12 +23,6 @@ from cad_node.domain import JobState
 from cad_node.settings import Destination
 
 FAST_RETRY = RetryPolicy(max_attempts=3, base_seconds=0.01, max_seconds=0.05)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -117,7 +111,7 @@ def test_delivers_every_object_once_to_every_destination(
 def test_destination_down_then_up_gets_everything_once(
     jobs: JobRepository, tmp_path: Path, receivers: list[Receiver]
 ) -> None:
-    port = _free_port()
+    port = free_port()
     dest = Destination(ae_title="PACS", host="127.0.0.1", port=port)
     job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", [dest])
     policy = RetryPolicy(max_attempts=10, base_seconds=0.01, max_seconds=0.05)
@@ -170,7 +164,7 @@ def test_refusing_destination_does_not_affect_the_others(
 
 def test_dcmtk_storescp_receives_the_objects(jobs: JobRepository, tmp_path: Path) -> None:
     storescp = require_dcmtk("storescp")
-    port = _free_port()
+    port = free_port()
     received = tmp_path / "received"
     received.mkdir()
     proc = subprocess.Popen(
