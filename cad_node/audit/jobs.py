@@ -184,7 +184,6 @@ class JobRepository:
         attempt: int,
         result: dict[str, Any],
         model: dict[str, str],
-        report_sop_instance_uid: str | None,
         objects: Sequence[ResultObject],
         destinations: Sequence[str],
     ) -> JobState:
@@ -205,7 +204,6 @@ class JobRepository:
             job.model_name = model.get("name")
             job.model_version = model.get("version")
             job.model_sha256 = model.get("sha256")
-            job.report_sop_instance_uid = report_sop_instance_uid
             job.objects = [
                 {
                     "kind": o.kind,
@@ -413,7 +411,14 @@ class JobRepository:
                         "error": job.error,
                         "model": {"name": job.model_name, "version": job.model_version},
                         "result": job.result,
-                        "report_sop_instance_uid": job.report_sop_instance_uid,
+                        "report_sop_instance_uid": next(
+                            (
+                                o["sop_instance_uid"]
+                                for o in job.objects or []
+                                if o["kind"] == "mammo-cad-sr"
+                            ),
+                            None,
+                        ),
                         "created_at": job.created_at.isoformat(),
                         "started_at": job.started_at.isoformat() if job.started_at else None,
                         "finished_at": job.finished_at.isoformat() if job.finished_at else None,

@@ -158,8 +158,6 @@ class Job(Base):
     model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     """The analysis (scores per view, breast and exam) as reported."""
-    report_sop_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH), nullable=True)
-    """The Mammography CAD SR written for this job."""
     objects: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, nullable=True)
     """UIDs (study, series, SOP instance and class), kind and outbox path of each result
     object; a later revision's SRs reference these as predecessors."""

@@ -23,7 +23,6 @@ from cad_node.inference.predict import analyse_study
 from cad_node.pipeline.context import PipelineContext
 from cad_node.reporting import (
     HEATMAP_SC,
-    MAMMO_CAD_SR,
     Algorithm,
     DocumentRef,
     build_result_objects,
@@ -59,7 +58,6 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
         sources += [dcmread(spool / p, stop_before_pixels=True) for p in start.other_paths]
         analysis = analyse_study(uid, sources, model)
         objects: list[ResultObject] = []
-        report_uid = None
         if analysis.images or analysis.errors:
             previous = [
                 DocumentRef(
@@ -86,8 +84,6 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
                         str(ds.SeriesInstanceUID),
                     )
                 )
-                if kind == MAMMO_CAD_SR:
-                    report_uid = str(ds.SOPInstanceUID)
         state = ctx.jobs.finish_analysis(
             job_id,
             attempt=start.attempt,
@@ -97,7 +93,6 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
                 "version": model.version,
                 "sha256": str(model.manifest.get("weights_sha256", "")),
             },
-            report_sop_instance_uid=report_uid,
             objects=objects,
             destinations=[str(d) for d in ctx.settings.destinations],
         )

@@ -36,7 +36,6 @@ def upgrade() -> None:
         sa.Column("model_version", sa.String(length=64), nullable=True),
         sa.Column("model_sha256", sa.String(length=64), nullable=True),
         sa.Column("result", sa.JSON(), nullable=True),
-        sa.Column("report_sop_instance_uid", sa.String(length=64), nullable=True),
         sa.Column("objects", sa.JSON(), nullable=True),
         sa.Column("created_at", cad_node.audit.models.UTCDateTime(), nullable=False),
         sa.Column("started_at", cad_node.audit.models.UTCDateTime(), nullable=True),

@@ -64,7 +64,6 @@ def _job_with_objects(
         attempt=start.attempt,
         result={"exam_score": 0.5},
         model={"name": "m"},
-        report_sop_instance_uid=None,
         objects=objects,
         destinations=[str(d) for d in destinations],
     )
