@@ -90,22 +90,25 @@ def serve(ctx: Context) -> None:
         f"(quiet period {settings.study_quiet_seconds:g} s). Ctrl-C stops.",
         err=True,
     )
-    _warn_without_model(settings)
+    _warn_about_model(settings)
     stop.wait()
     node.stop()
 
 
-def _warn_without_model(settings: Settings) -> None:
-    """Say at start-up, not only per job, when studies cannot be analysed."""
+def _warn_about_model(settings: Settings) -> None:
+    """Say at start-up, not only per job, when studies cannot be analysed or the model is
+    not validated."""
     from cad_node.errors import ModelError
-    from cad_node.inference.model import default_model_path
+    from cad_node.inference.model import default_model_path, read_manifest, validation_warning
 
-    if settings.model:
-        return
     try:
-        default_model_path()
+        folder = Path(settings.model) if settings.model else default_model_path()
+        warning = validation_warning(read_manifest(folder))
     except ModelError as exc:
         click.echo(f"WARNING: {exc} Studies are stored and assembled, not analysed.", err=True)
+        return
+    if warning:
+        click.echo(f"WARNING: {warning}.", err=True)
 
 
 @main.group()
@@ -355,7 +358,7 @@ def predict(
 
     from cad_node.assembly import patient_key
     from cad_node.errors import ModelError
-    from cad_node.inference.model import load_cad_model
+    from cad_node.inference.model import load_cad_model, validation_warning
     from cad_node.inference.overlay import blend, label
     from cad_node.inference.predict import DECISION_SUPPORT, analyse_study
 
@@ -409,6 +412,7 @@ def predict(
                         "name": model.name,
                         "version": model.version,
                         "threshold": model.threshold,
+                        "not_validated": validation_warning(model.manifest),
                     },
                     "notice": DECISION_SUPPORT,
                     "studies": [s.to_dict() for s in studies],
@@ -420,6 +424,9 @@ def predict(
     click.echo(
         f"model {model.name} {model.version} (threshold {model.threshold:.3f}); {DECISION_SUPPORT}"
     )
+    warning = validation_warning(model.manifest)
+    if warning:
+        click.echo(f"WARNING: {warning}.")
     for s in studies:
         exam = "-" if s.exam_score is None else f"{s.exam_score:.3f}"
         click.echo(

@@ -136,9 +136,19 @@ def run_demo(
             montage(overlays, picture)
             echo(f"\nheatmap montage: {picture}")
         echo("Decision support for a radiologist, not a diagnosis.")
+        warning = _model_warning(settings)
+        if warning:
+            echo(f"WARNING: {warning}.")
         return 0 if all(j["state"] == JobState.DONE for j in finished.values()) else 1
     finally:
         node.stop()
+
+
+def _model_warning(settings: Settings) -> str | None:
+    from cad_node.inference.model import default_model_path, read_manifest, validation_warning
+
+    folder = Path(settings.model) if settings.model else default_model_path()
+    return validation_warning(read_manifest(folder))
 
 
 def _assembly_only(node: Node, uids: list[str], echo: Callable[[str], None], timeout: float) -> int:

@@ -19,7 +19,12 @@ from cad_node.audit.repository import AuditRepository
 @pytest.fixture
 def node_process(tmp_path: Path) -> Iterator[tuple[Process, int]]:
     port = free_port()
-    env = node_env(tmp_path / "data", port, CAD_NODE_STUDY_QUIET_SECONDS="3")
+    env = node_env(
+        tmp_path / "data",
+        port,
+        CAD_NODE_STUDY_QUIET_SECONDS="3",
+        CAD_NODE_MODEL=str(tmp_path / "no-such-model"),
+    )
     process = serve(tmp_path / "data", env)
     yield process, port
     process.stop()
@@ -53,5 +58,5 @@ def test_sigkill_after_acknowledgement_loses_nothing(
     assert not (tmp_path / "data" / "incoming" / "tmpcrashed.dcm").exists()
     kinds = [e["kind"] for e in repo.recent_events(100)]
     assert "node.recovered" in kinds
-    # No model is installed here: the node says so once, at start-up.
-    assert "no model installed" in (tmp_path / "serve.log").read_text()
+    # The configured model folder is missing: the node says so once, at start-up.
+    assert "cannot read the manifest" in (tmp_path / "serve.log").read_text()

@@ -46,6 +46,39 @@ def default_model_path(models_dir: Path = MODELS_DIR) -> Path:
     return models_dir / pointer.read_text().strip()
 
 
+def validation_warning(manifest: dict[str, Any]) -> str | None:
+    """Why a model's scores should not be trusted, from its manifest; None when validated.
+
+    A model is validated when the 95% interval of its cross-validated AUC lies above 0.5.
+    """
+    label = f"model {manifest.get('name', '?')} {manifest.get('version', '?')}"
+    if manifest.get("smoke_test"):
+        return f"{label} is a smoke-test model; its scores mean nothing"
+    auc = dict(manifest.get("metrics", {}).get("cross_validated", {}).get("auc", {}))
+    if not auc.get("ci95"):
+        return f"{label} has no cross-validated AUC in its manifest; its quality is unmeasured"
+    low, high = (float(v) for v in auc["ci95"])
+    if low > 0.5:
+        return None
+    return (
+        f"{label}: cross-validated AUC {float(auc['value']):.2f} (95% CI {low:.2f}-{high:.2f}) "
+        "is not shown to be better than chance; its scores carry no diagnostic information "
+        "(see its MODEL_CARD.md)"
+    )
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """A model folder's manifest without loading its weights."""
+    import json
+
+    path = Path(folder) / "manifest.json"
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: cannot read the manifest ({exc})") from exc
+    return manifest
+
+
 def _cam_layer(module: nn.Module, size: tuple[int, int]) -> str:
     """The last module (in execution order) with a spatial 4-D output: Grad-CAM's target."""
     return _inspect(module, size)[0]
@@ -214,4 +247,7 @@ def load_cad_model(path: Path | None = None, device: str = "auto") -> CadModel:
     log.info(
         "model %s %s on %s (Grad-CAM layer %s)", model.name, model.version, target, model.cam_layer
     )
+    warning = validation_warning(manifest)
+    if warning:
+        log.warning("%s", warning)
     return model

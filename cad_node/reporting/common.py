@@ -52,6 +52,13 @@ LO_MAX = 64
 """Longest value of the DICOM Long String (LO) VR: descriptions, model names, versions."""
 
 
+NOT_VALIDATED = (
+    "MODEL NOT VALIDATED: its cross-validated accuracy is not shown to be better than chance; "
+    "the scores carry no diagnostic information."
+)
+"""The caveat of a model whose validation does not show it better than chance."""
+
+
 def fit_lo(template: str, label: str) -> str:
     """``template`` with ``{label}`` filled in, the label shortened so the result fits LO."""
     room = LO_MAX - len(template.format(label=""))
@@ -68,6 +75,8 @@ class Algorithm:
     version: str
     threshold: float
     manufacturer: str = MANUFACTURER
+    caveat: str = ""
+    """Said in every object when set: e.g. that the model is not validated."""
 
     def __post_init__(self) -> None:
         if not self.name.strip() or not self.version.strip():
@@ -79,7 +88,15 @@ class Algorithm:
 
     @classmethod
     def from_model(cls, model: CadModel) -> Algorithm:
-        return cls(model.name, model.version, model.threshold)
+        from cad_node.inference.model import validation_warning
+
+        caveat = NOT_VALIDATED if validation_warning(model.manifest) else ""
+        return cls(model.name, model.version, model.threshold, caveat=caveat)
+
+    @property
+    def caveat_sentence(self) -> str:
+        """The caveat as a sentence to append to descriptions, or nothing."""
+        return f" {self.caveat}" if self.caveat else ""
 
     @property
     def label(self) -> str:
@@ -103,7 +120,9 @@ class Algorithm:
             purpose_of_reference=codes.PROCESSING_EQUIPMENT,
             manufacturer_model_name=self.name,
             software_versions=self.version,
-            contribution_description=f"CAD analysis by {self.label}. {DECISION_SUPPORT}",
+            contribution_description=(
+                f"CAD analysis by {self.label}. {DECISION_SUPPORT}{self.caveat_sentence}"
+            ),
         )
 
     def observation_context(self) -> ObservationContext:

@@ -52,7 +52,7 @@ def overlay_pixels(image: AnalysedImage, algorithm: Algorithm) -> np.ndarray:
         rgb,
         [
             f"{result.view}  score {score_text(result.score)} ({verdict})",
-            algorithm.label,
+            algorithm.label + (" - MODEL NOT VALIDATED" if algorithm.caveat else ""),
         ],
     )
 
@@ -71,7 +71,7 @@ def build_heatmap_sc(
     orientation = patient_orientation(source)
     description = (
         f"AI heatmap {image.result.view} ({algorithm.label}): Grad-CAM blended over the "
-        f"source image. {NOT_FOR_DIAGNOSIS}. {DECISION_SUPPORT}"
+        f"source image. {NOT_FOR_DIAGNOSIS}. {DECISION_SUPPORT}{algorithm.caveat_sentence}"
     )
     sc = SCImage.from_ref_dataset(
         ref_dataset=inputs.study_reference,

@@ -264,7 +264,10 @@ def _analyses(inputs: Inputs, algorithm: Algorithm) -> ContentItem:
 
 def _comment(inputs: Inputs, algorithm: Algorithm) -> str:
     analysis = inputs.analysis
-    parts = [f"Computer-aided analysis by {algorithm.label}. {DECISION_SUPPORT}"]
+    parts = [
+        f"Computer-aided analysis by {algorithm.label}. {DECISION_SUPPORT}"
+        f"{algorithm.caveat_sentence}"
+    ]
     if analysis.missing_views:
         parts.append(f"Views missing: {', '.join(analysis.missing_views)}.")
     if analysis.not_analysed:

@@ -92,7 +92,8 @@ def model_card(manifest: Mapping[str, Any]) -> str:
     lo = auc.get("ci95", [0.0])[0]
     chance = (
         "\n> **Not better than chance**: the 95% CI of the cross-validated AUC includes 0.5. "
-        "Do not deploy.\n"
+        "Its scores carry no diagnostic information: use it to exercise the pipeline, never to "
+        "read a mammogram.\n"
         if auc and not lo > 0.5
         else ""
     )

@@ -398,3 +398,23 @@ def test_a_long_model_name_still_makes_valid_objects(
         assert dciodvfy(path) == [], f"object {n} ({ds.SOPClassUID.name})"
     with pytest.raises(ValueError, match="64 characters"):
         Algorithm("x" * 65, "1", 0.5)
+
+
+def test_an_unvalidated_model_says_so_in_every_object(
+    sources: list[Dataset], analysis: StudyAnalysis
+) -> None:
+    """A radiologist sees the caveat in the viewer, not only in the model card."""
+    from cad_node.reporting.common import NOT_VALIDATED
+
+    algorithm = Algorithm("coin", "0.1.0", 0.5, caveat=NOT_VALIDATED)
+    objects = [round_trip(o.dataset) for o in build_result_objects(analysis, sources, algorithm)]
+    for ds in objects:
+        descriptions = [e.ContributionDescription for e in ds.ContributingEquipmentSequence]
+        assert any(NOT_VALIDATED in d for d in descriptions)
+    cad_sr = objects[0]
+    assert any(NOT_VALIDATED in str(i.get("TextValue", "")) for i in _named(cad_sr, "Comment"))
+    for sc in objects[2:]:
+        assert NOT_VALIDATED in sc.DerivationDescription
+    # Without a caveat, none of it appears.
+    plain = [o.dataset for o in build_result_objects(analysis, sources, ALGORITHM)]
+    assert not any("NOT VALIDATED" in str(ds.ContributingEquipmentSequence) for ds in plain)
