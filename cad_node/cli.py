@@ -99,7 +99,8 @@ def _warn_about_model(settings: Settings) -> None:
     """Say at start-up, not only per job, when studies cannot be analysed or the model is
     not validated."""
     from cad_node.errors import ModelError
-    from cad_node.inference.model import default_model_path, read_manifest, validation_warning
+    from cad_node.inference.model import default_model_path, validation_warning
+    from cad_node.training.export import read_manifest
 
     try:
         folder = Path(settings.model) if settings.model else default_model_path()

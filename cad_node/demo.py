@@ -145,7 +145,8 @@ def run_demo(
 
 
 def _model_warning(settings: Settings) -> str | None:
-    from cad_node.inference.model import default_model_path, read_manifest, validation_warning
+    from cad_node.inference.model import default_model_path, validation_warning
+    from cad_node.training.export import read_manifest
 
     folder = Path(settings.model) if settings.model else default_model_path()
     return validation_warning(read_manifest(folder))

@@ -59,4 +59,4 @@ def test_sigkill_after_acknowledgement_loses_nothing(
     kinds = [e["kind"] for e in repo.recent_events(100)]
     assert "node.recovered" in kinds
     # The configured model folder is missing: the node says so once, at start-up.
-    assert "cannot read the manifest" in (tmp_path / "serve.log").read_text()
+    assert "no manifest.json in model folder" in (tmp_path / "serve.log").read_text()

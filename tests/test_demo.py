@@ -29,6 +29,25 @@ def test_demo_analyses_both_exams_and_writes_a_montage(tmp_path: Path) -> None:
     for job in (1, 2):
         reports = list((settings.outbox_dir / f"job-{job}").glob("*.dcm"))
         assert len(reports) == 6
+    assert "WARNING: model test-light 0.0.1 is a smoke-test model" in text
+
+
+@pytest.mark.slow
+def test_demo_with_the_installed_default_model(tmp_path: Path) -> None:
+    """What `scripts/demo` runs: no model configured, so models/DEFAULT analyses the exams."""
+    from cad_node.inference.model import default_model_path, validation_warning
+    from cad_node.training.export import read_manifest
+
+    settings = make_settings(tmp_path / "data", study_quiet_seconds=1.0)
+    assert not settings.model
+    lines: list[str] = []
+    assert run_demo(settings, lines.append, timeout=300) == 0
+    text = "\n".join(lines)
+    assert text.count(": done") == 2
+    assert text.count("breast L: score") == 2 and text.count("breast R: score") == 2
+    assert (settings.data_dir / "demo-heatmaps.png").is_file()
+    warning = validation_warning(read_manifest(default_model_path()))
+    assert (f"WARNING: {warning}." in text) if warning else ("WARNING" not in text)
 
 
 @pytest.mark.slow

@@ -67,18 +67,6 @@ def validation_warning(manifest: dict[str, Any]) -> str | None:
     )
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    """A model folder's manifest without loading its weights."""
-    import json
-
-    path = Path(folder) / "manifest.json"
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path}: cannot read the manifest ({exc})") from exc
-    return manifest
-
-
 def _cam_layer(module: nn.Module, size: tuple[int, int]) -> str:
     """The last module (in execution order) with a spatial 4-D output: Grad-CAM's target."""
     return _inspect(module, size)[0]

@@ -128,6 +128,7 @@ def _train(
                 models_dir=models_dir,
                 labels_csv=labels,
                 architecture=export_architecture,
+                command=_command_line(),
             )
             click.echo(f"model folder written to {folder}")
     except CadNodeError as exc:
@@ -257,6 +258,29 @@ EVALUATE_OPTIONS: list[Decorator] = [
 ]
 
 evaluate_command = click.command("evaluate")(_with_options(EVALUATE_OPTIONS, _evaluate))
+
+
+def _command_line() -> str:
+    """``cad-node train`` with the options given on this run (those not left at their default)."""
+    import shlex
+
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    words = ["cad-node", ctx.info_name or "train"]
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name is None:
+            continue
+        if ctx.get_parameter_source(param.name) in (ParameterSource.DEFAULT, None):
+            continue
+        value = ctx.params[param.name]
+        flag = max(param.opts, key=len)
+        if param.is_flag:
+            if value:
+                words.append(flag)
+        elif value is not None:
+            words += [flag, ",".join(value) if isinstance(value, tuple) else str(value)]
+    return shlex.join(words)
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m cad_node.training.cli train ...`

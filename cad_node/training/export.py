@@ -68,9 +68,21 @@ def model_card(manifest: Mapping[str, Any]) -> str:
         if manifest.get("smoke_test")
         else ""
     )
+    params = manifest.get("parameters")
+    params_text = f"{params:,}" if isinstance(params, int) else "?"
     size = manifest["input"]["size"]
     shape = f"{size[0]}x{size[1]}"
-    spacing = manifest["input"]["spacing_mm"]
+    spacing = f"{float(manifest['input']['spacing_mm']):.3g}"
+    training = manifest.get("training", {})
+    folds = metrics.get("fold_aucs") or []
+    fold_line = f"\nPer-fold AUC: {', '.join(f'{float(a):.3f}' for a in folds)}.\n" if folds else ""
+    reproduce = (
+        f"\n## Reproduce\n```\n{training['command']}\n```\n"
+        f"{training.get('seconds_per_epoch', '?')} s per epoch on all images on the machine "
+        "that made it.\n"
+        if training.get("command")
+        else ""
+    )
     mias = "mini-MIAS" in str(data.get("description", ""))
     limitation = (
         "- Trained on digitised screen-film MLO views (mini-MIAS, 400 µm/pixel after "
@@ -104,7 +116,7 @@ Binary image classifier for screening mammography: **{manifest["positive_class"]
 **not a diagnosis**.
 
 ## Model
-- Architecture: `{manifest["architecture"]}` ({manifest.get("parameters", "?")} parameters),
+- Architecture: `{manifest["architecture"]}` ({params_text} parameters),
   kwargs `{json.dumps(manifest["architecture_kwargs"])}`
 - Input: {spacing} mm/pixel, {shape} pixels, through `cad_node.inference.preprocess`
 - Operating threshold on the sigmoid output: {manifest["threshold"]:.4f}
@@ -124,7 +136,7 @@ Binary image classifier for screening mammography: **{manifest["positive_class"]
 | metric | value |
 |---|---|
 {rows}
-{chance}
+{fold_line}{chance}
 ## Intended use
 Research and development of the cad-node pipeline: a second reader's prompt on screening
 mammograms, for a radiologist who makes every decision.
@@ -135,7 +147,7 @@ mammograms, for a radiologist who makes every decision.
     }- Whole-image classification at low resolution: microcalcifications are largely invisible.
 - Confidence intervals are wide because the data set is small.
 - Decision support, not a diagnosis; not a medical device.
-{citation}"""
+{reproduce}{citation}"""
 
 
 def export_model_folder(
@@ -153,6 +165,7 @@ def export_model_folder(
     weights = out_dir / WEIGHTS
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(weights))
+    weights.chmod(0o644)  # safetensors creates it owner-only; a service user must read it
     full = dict(manifest)
     full["format_version"] = FORMAT_VERSION
     full["weights_sha256"] = sha256_file(weights)

@@ -634,14 +634,18 @@ def export_best(
     models_dir: Path,
     labels_csv: Path,
     architecture: str | None = None,
+    command: str | None = None,
 ) -> Path:
-    """Retrain the chosen (default: best) architecture on all images and write a model folder."""
+    """Retrain the chosen (default: best) architecture on all images and write a model folder.
+
+    ``command`` (the command line that made it) goes into the manifest and the card.
+    """
     cfg = comparison.cfg
     chosen = next(
         (r for r in comparison.results if r.architecture == architecture), comparison.best()
     )
     all_idx = np.arange(len(comparison.y))
-    model, _, _ = fit(
+    model, _, final_seconds = fit(
         chosen.architecture,
         chosen.kwargs,
         comparison.images,
@@ -675,6 +679,10 @@ def export_best(
             "augmentation": cfg.augment,
             "pretrained": str(cfg.pretrained) if cfg.pretrained else None,
             "patch_pretraining_epochs": cfg.patch_epochs if comparison.points else 0,
+            "image_size": cfg.image_size,
+            "folds": cfg.folds,
+            "seconds_per_epoch": round(final_seconds, 2),
+            "command": command,
         },
         "metrics": {
             "protocol": (

@@ -51,7 +51,10 @@ def test_train_fast_writes_table_and_model(trained: tuple[Result, Path, Path]) -
     assert manifest["smoke_test"] is True
     assert manifest["input"] == {"spacing_mm": 3.2, "size": [64, 64], "channels": 1}
     assert "auc" in manifest["metrics"]["cross_validated"]
-    assert (model_dir / "MODEL_CARD.md").is_file()
+    assert manifest["training"]["command"].startswith("cad-node ")
+    card = (model_dir / "MODEL_CARD.md").read_text()
+    assert "## Reproduce" in card and "--export-name smoke" in card
+    assert "Per-fold AUC:" in card
 
 
 def test_evaluate_json(
