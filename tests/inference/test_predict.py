@@ -130,7 +130,12 @@ def test_predict_command_json_and_heatmaps(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["model"] == {"name": "test-light", "version": "0.0.1", "threshold": 0.5}
+    assert data["model"] == {
+        "name": "test-light",
+        "version": "0.0.1",
+        "threshold": 0.5,
+        "not_validated": "model test-light 0.0.1 is a smoke-test model; its scores mean nothing",
+    }
     [study] = data["studies"]
     assert study["study_instance_uid"] == uid
     assert set(study["breasts"]) == {"L", "R"}
