@@ -8,6 +8,7 @@ is downloaded at run time; without an installed model the node says so plainly.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -179,7 +180,10 @@ class CadModel:
         """
         x = self._input(batch)
         cam = self._gradcam()
-        with torch.enable_grad():
+        with torch.enable_grad(), warnings.catch_warnings():
+            # Expected: the graph is re-rooted at the target layer (see _gradcam), so the
+            # full backward hook fires with respect to module outputs only.
+            warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
             maps = cam(x=x, class_idx=self.outputs - 1)
             logit = cam.nn_module.score
         self.module.zero_grad(set_to_none=True)
