@@ -76,7 +76,7 @@ class Algorithm:
     threshold: float
     manufacturer: str = MANUFACTURER
     caveat: str = ""
-    """Said in every object when set: e.g. that the model is not validated."""
+    """:data:`NOT_VALIDATED` for a model that is not validated, said in every object; else empty."""
 
     def __post_init__(self) -> None:
         if not self.name.strip() or not self.version.strip():
