@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from highdicom import ContributingEquipment
 from highdicom.sr import (
@@ -179,6 +179,35 @@ def predecessors_of_class(
     found = [DocumentRef.of(p) for p in previous]
     matching = [p.as_dataset() for p in found if p.sop_class_uid == sop_class_uid]
     return matching or None
+
+
+def sr_document_arguments(
+    inputs: Inputs,
+    algorithm: Algorithm,
+    *,
+    sop_class_uid: str,
+    series_number: int,
+    series_description: str,
+    previous: Iterable[Dataset | DocumentRef],
+    series_instance_uid: UID | None,
+    sop_instance_uid: UID | None,
+) -> dict[str, Any]:
+    """The keyword arguments both SR documents pass to their highdicom class, content aside."""
+    return {
+        "evidence": inputs.evidence,
+        "series_instance_uid": series_instance_uid or generate_uid(),
+        "series_number": series_number,
+        "sop_instance_uid": sop_instance_uid or generate_uid(),
+        "instance_number": 1,
+        "manufacturer": algorithm.manufacturer,
+        "manufacturer_model_name": algorithm.name,
+        "software_versions": algorithm.version,
+        "series_description": fit_lo(series_description, algorithm.label),
+        "is_complete": True,
+        "previous_versions": predecessors_of_class(previous, sop_class_uid),
+        "contributing_equipment": [algorithm.contributing_equipment()],
+        "coding_schemes": [codes.private_scheme_identification()],
+    }
 
 
 def header(ds: Dataset) -> Dataset:

@@ -48,7 +48,7 @@ from highdicom.sr.sop import _SR
 from highdicom.sr.templates import DEFAULT_LANGUAGE
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
-from pydicom.uid import UID, MammographyCADSRStorage, generate_uid
+from pydicom.uid import UID, MammographyCADSRStorage
 
 from cad_node.domain import Laterality
 from cad_node.inference.predict import DECISION_SUPPORT
@@ -59,10 +59,9 @@ from cad_node.reporting.common import (
     AnalysedImage,
     DocumentRef,
     Inputs,
-    fit_lo,
     patient_orientation,
-    predecessors_of_class,
     score_text,
+    sr_document_arguments,
 )
 
 CONTAINS: Final = RelationshipTypeValues.CONTAINS
@@ -321,18 +320,15 @@ def build_mammo_cad_sr(
 ) -> MammographyCadSR:
     """The Mammography CAD SR of an analysis, filed in the analysed study."""
     return MammographyCadSR(
-        evidence=inputs.evidence,
         content=content_tree(inputs, algorithm),
-        series_instance_uid=series_instance_uid or generate_uid(),
-        series_number=MAMMOGRAPHY_CAD_SR_SERIES,
-        sop_instance_uid=sop_instance_uid or generate_uid(),
-        instance_number=1,
-        manufacturer=algorithm.manufacturer,
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        series_description=fit_lo("AI CAD report ({label}) - not a diagnosis", algorithm.label),
-        is_complete=True,
-        previous_versions=predecessors_of_class(previous, MammographyCADSRStorage),
-        contributing_equipment=[algorithm.contributing_equipment()],
-        coding_schemes=[codes.private_scheme_identification()],
+        **sr_document_arguments(
+            inputs,
+            algorithm,
+            sop_class_uid=MammographyCADSRStorage,
+            series_number=MAMMOGRAPHY_CAD_SR_SERIES,
+            series_description="AI CAD report ({label}) - not a diagnosis",
+            previous=previous,
+            series_instance_uid=series_instance_uid,
+            sop_instance_uid=sop_instance_uid,
+        ),
     )

@@ -37,8 +37,7 @@ from cad_node.reporting.common import (
     DocumentRef,
     Inputs,
     ReportingError,
-    fit_lo,
-    predecessors_of_class,
+    sr_document_arguments,
 )
 
 _BREAST_NAME = {Laterality.LEFT: "Left breast", Laterality.RIGHT: "Right breast"}
@@ -111,18 +110,15 @@ def build_measurement_report_sr(
 ) -> Comprehensive3DSR:
     """The Comprehensive 3D SR (TID 1500) of an analysis, filed in the analysed study."""
     return Comprehensive3DSR(
-        evidence=inputs.evidence,
         content=measurement_report(inputs, algorithm),
-        series_instance_uid=series_instance_uid or generate_uid(),
-        series_number=MEASUREMENT_REPORT_SERIES,
-        sop_instance_uid=sop_instance_uid or generate_uid(),
-        instance_number=1,
-        manufacturer=algorithm.manufacturer,
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        series_description=fit_lo("AI measurements ({label}) - not a diagnosis", algorithm.label),
-        is_complete=True,
-        previous_versions=predecessors_of_class(previous, Comprehensive3DSRStorage),
-        contributing_equipment=[algorithm.contributing_equipment()],
-        coding_schemes=[codes.private_scheme_identification()],
+        **sr_document_arguments(
+            inputs,
+            algorithm,
+            sop_class_uid=Comprehensive3DSRStorage,
+            series_number=MEASUREMENT_REPORT_SERIES,
+            series_description="AI measurements ({label}) - not a diagnosis",
+            previous=previous,
+            series_instance_uid=series_instance_uid,
+            sop_instance_uid=sop_instance_uid,
+        ),
     )
