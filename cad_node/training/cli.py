@@ -99,6 +99,11 @@ def _train(
     }.items():
         if value is not None:
             overrides[key] = value
+    if export_architecture and export_architecture not in overrides["architectures"]:
+        raise click.UsageError(
+            f"--export-architecture {export_architecture} is not among --architectures; "
+            "only a cross-validated architecture can be exported"
+        )
     cfg = T.fast_config(**overrides) if fast else T.TrainConfig(**overrides)
     if fast and max_images is None:
         max_images = 16

@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from cad_node.errors import ConfigError
 from cad_node.training import datasets as dsets
 from cad_node.training import metrics as M
 from cad_node.training.architectures import (
@@ -641,9 +642,17 @@ def export_best(
     ``command`` (the command line that made it) goes into the manifest and the card.
     """
     cfg = comparison.cfg
-    chosen = next(
-        (r for r in comparison.results if r.architecture == architecture), comparison.best()
-    )
+    if architecture is None:
+        chosen = comparison.best()
+    else:
+        found = [r for r in comparison.results if r.architecture == architecture]
+        if not found:
+            compared = ", ".join(r.architecture for r in comparison.results)
+            raise ConfigError(
+                f"cannot export {architecture}: it was not cross-validated in this run "
+                f"(compared: {compared}); add it to --architectures"
+            )
+        chosen = found[0]
     all_idx = np.arange(len(comparison.y))
     model, _, final_seconds = fit(
         chosen.architecture,

@@ -97,6 +97,18 @@ def test_evaluate_refuses_tampered_model(
     assert result.exit_code != 0 and "checksum" in result.output
 
 
+def test_train_refuses_to_export_an_architecture_it_does_not_compare(
+    mias_subset_csv: Path,
+) -> None:
+    result = CliRunner().invoke(
+        train_command,
+        ["--labels", str(mias_subset_csv), "--fast", "--architectures", "light",
+         "--export-name", "x", "--export-architecture", "densenet121"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "not among --architectures" in result.output
+
+
 def test_train_rejects_unknown_architecture(mias_subset_csv: Path) -> None:
     result = CliRunner().invoke(
         train_command, ["--labels", str(mias_subset_csv), "--architectures", "vgg", "--fast"]
