@@ -24,8 +24,10 @@ CANNOT_UNDERSTAND_PIXEL_DATA: Final = 0xC230
 PROCESSING_FAILURE: Final = 0x0110
 """An unexpected internal error; the peer may retry (PS3.7 C.4.3)."""
 
-# C-STORE warnings
+# C-STORE warnings (the peer stored the object)
 WARNING_COERCION: Final = 0xB000
+WARNING_ELEMENTS_DISCARDED: Final = 0xB006
+WARNING_DATASET_MISMATCH: Final = 0xB007
 
 DESCRIPTIONS: Final[dict[int, str]] = {
     SUCCESS: "success",
@@ -36,6 +38,8 @@ DESCRIPTIONS: Final[dict[int, str]] = {
     CANNOT_UNDERSTAND_PIXEL_DATA: "cannot understand: pixel data missing or inconsistent",
     PROCESSING_FAILURE: "processing failure",
     WARNING_COERCION: "coercion of data elements",
+    WARNING_ELEMENTS_DISCARDED: "elements discarded",
+    WARNING_DATASET_MISMATCH: "dataset does not match SOP class (warning)",
 }
 
 

@@ -9,13 +9,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pynetdicom import AE
 
+from cad_node import dicom_status
 from cad_node.settings import Destination
 
 log = logging.getLogger(__name__)
 
-_SUCCESS_OR_WARNING = {0x0000, 0xB000, 0xB006, 0xB007}
+_SUCCESS_OR_WARNING = {
+    dicom_status.SUCCESS,
+    dicom_status.WARNING_COERCION,
+    dicom_status.WARNING_ELEMENTS_DISCARDED,
+    dicom_status.WARNING_DATASET_MISMATCH,
+}
 """C-STORE statuses meaning the peer stored the object (PS3.4 Table B.2-1)."""
 
 
@@ -56,19 +63,36 @@ def send_files(
     calling_ae: str,
     timeout: float = 30.0,
 ) -> list[SendOutcome]:
-    """Send ``files`` over one association; one outcome per file, never an exception."""
-    headers = [(path, dcmread(path, stop_before_pixels=True)) for path in files]
+    """Send ``files`` over one association; one outcome per file, never an exception.
+
+    A file that cannot be read is that file's failure; the others are still sent.
+    """
+    outcomes: dict[int, SendOutcome] = {}
+    headers: list[tuple[int, Path, Dataset]] = []
+    for i, path in enumerate(files):
+        try:
+            headers.append((i, path, dcmread(path, stop_before_pixels=True)))
+        except Exception as exc:  # missing, truncated or not DICOM
+            outcomes[i] = SendOutcome(path, path.stem, None, f"unreadable: {type(exc).__name__}")
+
+    def in_order() -> list[SendOutcome]:
+        return [outcomes[i] for i in range(len(files))]
+
+    def all_failed(reason: str) -> list[SendOutcome]:
+        for i, path, ds in headers:
+            outcomes[i] = SendOutcome(path, str(ds.SOPInstanceUID), None, reason)
+        return in_order()
+
+    if not headers:
+        return in_order()
     contexts: dict[str, set[str]] = defaultdict(set)
-    for _, ds in headers:
+    for _, _, ds in headers:
         contexts[str(ds.SOPClassUID)].add(str(ds.file_meta.TransferSyntaxUID))
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = min(timeout, 10.0)
     for sop_class, syntaxes in sorted(contexts.items()):
         ae.add_requested_context(sop_class, sorted(syntaxes))
-
-    def all_failed(reason: str) -> list[SendOutcome]:
-        return [SendOutcome(p, str(ds.SOPInstanceUID), None, reason) for p, ds in headers]
 
     try:
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
@@ -78,17 +102,16 @@ def send_files(
         return all_failed(_describe_rejection(assoc))
     if not assoc.is_established:
         return all_failed("cannot connect or association aborted")
-    outcomes: list[SendOutcome] = []
     try:
-        for path, header in headers:
+        for i, path, header in headers:
             uid = str(header.SOPInstanceUID)
             if not assoc.is_established:
-                outcomes.append(SendOutcome(path, uid, None, "association lost"))
+                outcomes[i] = SendOutcome(path, uid, None, "association lost")
                 continue
             try:
                 response = assoc.send_c_store(dcmread(path))
             except Exception as exc:
-                outcomes.append(SendOutcome(path, uid, None, f"send failed: {type(exc).__name__}"))
+                outcomes[i] = SendOutcome(path, uid, None, f"send failed: {type(exc).__name__}")
                 continue
             status = int(response.Status) if "Status" in response else None
             error = None
@@ -96,8 +119,8 @@ def send_files(
                 error = "no response (timeout or abort)"
             elif status not in _SUCCESS_OR_WARNING:
                 error = f"refused with status 0x{status:04X}"
-            outcomes.append(SendOutcome(path, uid, status, error))
+            outcomes[i] = SendOutcome(path, uid, status, error)
     finally:
         if assoc.is_established:
             assoc.release()
-    return outcomes
+    return in_order()

@@ -107,6 +107,25 @@ def test_delivers_every_object_once_to_every_destination(
     assert outbox.deliver_due().sent == 0  # nothing left: no duplicates
 
 
+def test_an_unreadable_outbox_file_fails_alone(
+    jobs: JobRepository, tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    """A lost or damaged file is that object's failure; the rest of the batch still goes."""
+    receiver = start_receiver("PACS")
+    receivers.append(receiver)
+    dest = Destination(ae_title="PACS", host="127.0.0.1", port=receiver.port)
+    job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", [dest])
+    [lost] = [p for p in (tmp_path / "outbox").rglob("*.dcm") if uids[1] in p.name]
+    lost.unlink()
+    outbox = Outbox(jobs, tmp_path / "outbox", [dest], calling_ae="CADNODE", policy=FAST_RETRY)
+    summary = outbox.deliver_due(job_id=job_id)
+    assert (summary.sent, summary.retrying) == (2, 1)
+    assert sorted(receiver.received) == sorted([uids[0], uids[2]])
+    job = jobs.jobs_of_study(_study_of(jobs, job_id))[0]
+    [waiting] = [d for d in job["deliveries"] if d["state"] != "sent"]
+    assert "unreadable" in waiting["last_error"]
+
+
 def test_destination_down_then_up_gets_everything_once(
     jobs: JobRepository, tmp_path: Path, receivers: list[Receiver]
 ) -> None:
