@@ -16,9 +16,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def ensure_dir_durably(path: Path) -> None:
+    """Create ``path`` (and missing parents) if needed, so that the new names survive a crash."""
+    if path.is_dir():
+        return
+    ensure_dir_durably(path.parent)
+    path.mkdir(exist_ok=True)
+    fsync_dir(path.parent)
+
+
 def write_durably(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that after a crash it is either complete or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir_durably(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cad_node.audit.repository import StoredFile
 from cad_node.errors import MissingUidError, OutOfResourcesError
-from cad_node.fsutil import fsync_dir
+from cad_node.fsutil import ensure_dir_durably, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +95,7 @@ class Spool:
                 size = os.fstat(fh.fileno()).st_size
                 os.fsync(fh.fileno())
             study_dir = final.parent
-            if not study_dir.is_dir():
-                study_dir.mkdir(parents=True, exist_ok=True)
-                fsync_dir(self.root)
+            ensure_dir_durably(study_dir)
             os.replace(received, final)
             fsync_dir(study_dir)
         except OSError as exc:
