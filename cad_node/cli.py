@@ -99,12 +99,10 @@ def _warn_about_model(settings: Settings) -> None:
     """Say at start-up, not only per job, when studies cannot be analysed or the model is
     not validated."""
     from cad_node.errors import ModelError
-    from cad_node.inference.model import default_model_path, validation_warning
-    from cad_node.training.export import read_manifest
+    from cad_node.inference.model import model_warning
 
     try:
-        folder = Path(settings.model) if settings.model else default_model_path()
-        warning = validation_warning(read_manifest(folder))
+        warning = model_warning(settings.model_path)
     except ModelError as exc:
         click.echo(f"WARNING: {exc} Studies are stored and assembled, not analysed.", err=True)
         return
@@ -365,7 +363,7 @@ def predict(
 
     settings = ctx.settings
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    path = model_path or (Path(settings.model) if settings.model else None)
+    path = model_path or settings.model_path
     try:
         model = load_cad_model(path, settings.device)
     except ModelError as exc:

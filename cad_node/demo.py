@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 
 from cad_node.audit.jobs import JobRepository
 from cad_node.domain import JobState
+from cad_node.inference.model import model_warning
 from cad_node.node import Node
 from cad_node.settings import Settings
 
@@ -136,20 +137,12 @@ def run_demo(
             montage(overlays, picture)
             echo(f"\nheatmap montage: {picture}")
         echo("Decision support for a radiologist, not a diagnosis.")
-        warning = _model_warning(settings)
+        warning = model_warning(settings.model_path)
         if warning:
             echo(f"WARNING: {warning}.")
         return 0 if all(j["state"] == JobState.DONE for j in finished.values()) else 1
     finally:
         node.stop()
-
-
-def _model_warning(settings: Settings) -> str | None:
-    from cad_node.inference.model import default_model_path, validation_warning
-    from cad_node.training.export import read_manifest
-
-    folder = Path(settings.model) if settings.model else default_model_path()
-    return validation_warning(read_manifest(folder))
 
 
 def _assembly_only(node: Node, uids: list[str], echo: Callable[[str], None], timeout: float) -> int:

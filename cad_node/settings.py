@@ -119,6 +119,11 @@ class Settings(BaseSettings):
         return self.data_dir / "outbox"
 
     @property
+    def model_path(self) -> Path | None:
+        """The configured model folder; None: the one ``models/DEFAULT`` names."""
+        return Path(self.model) if self.model else None
+
+    @property
     def effective_database_url(self) -> str:
         """The database URL, defaulting to an SQLite file in the data directory."""
         if self.database_url:

@@ -68,6 +68,14 @@ def validation_warning(manifest: dict[str, Any]) -> str | None:
     )
 
 
+def model_warning(path: Path | None = None) -> str | None:
+    """:func:`validation_warning` of a model folder (default: ``models/DEFAULT``), read from
+    its manifest without loading the weights; ModelError when there is no model there."""
+    from cad_node.training.export import read_manifest
+
+    return validation_warning(read_manifest(path or default_model_path()))
+
+
 def _cam_layer(module: nn.Module, size: tuple[int, int]) -> str:
     """The last module (in execution order) with a spatial 4-D output: Grad-CAM's target."""
     return _inspect(module, size)[0]

@@ -6,7 +6,6 @@ import os
 import socket
 import threading
 from functools import cached_property
-from pathlib import Path
 
 from cad_node.audit.db import make_engine
 from cad_node.audit.jobs import JobRepository
@@ -48,8 +47,7 @@ class PipelineContext:
                     import torch
 
                     torch.set_num_threads(self.settings.torch_threads)
-                path = Path(self.settings.model) if self.settings.model else None
-                self._model = load_cad_model(path, self.settings.device)
+                self._model = load_cad_model(self.settings.model_path, self.settings.device)
             return self._model
 
     def close(self) -> None:
