@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from torch import nn
 
 from cad_node.errors import ModelError
@@ -200,7 +201,8 @@ def load_model_folder(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
     weights = folder / WEIGHTS
     if not weights.is_file():
         raise ModelError(f"no {WEIGHTS} in model folder {folder}")
-    actual = sha256_file(weights)
+    data = weights.read_bytes()  # verified and loaded from the same bytes
+    actual = hashlib.sha256(data).hexdigest()
     if actual != manifest["weights_sha256"]:
         raise ModelError(
             f"weights of {folder} fail their checksum (manifest {manifest['weights_sha256'][:12]}, "
@@ -208,8 +210,7 @@ def load_model_folder(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
         )
     model = build_model(str(manifest["architecture"]), **dict(manifest["architecture_kwargs"]))
     try:
-        state = load_file(str(weights))
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(load_safetensors(data), strict=True)
     except (RuntimeError, OSError, ValueError) as exc:
         raise ModelError(
             f"weights of {folder} do not fit {manifest['architecture']}: {exc}"
