@@ -104,6 +104,46 @@ def youden_threshold(y_true: npt.ArrayLike, scores: npt.ArrayLike) -> float:
     return float(thresholds[int(np.argmax(j))])
 
 
+def bootstrap_cis(
+    y_true: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    statistics: Callable[[npt.NDArray[np.int64], FloatArray], Mapping[str, float]],
+    *,
+    groups: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of several statistics from the same resamples.
+
+    Resamples whole groups (patients) when given; a resample where a statistic is undefined
+    (NaN) does not count for that statistic.
+    """
+    y = np.asarray(y_true).astype(np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(groups) if groups is not None else np.arange(len(y)).astype(str)
+    unique, inverse = np.unique(labels, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    values: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        picked = rng.integers(0, len(unique), len(unique))
+        idx = np.concatenate([members[g] for g in picked])
+        for name, value in statistics(y[idx], s[idx]).items():
+            found = values.setdefault(name, [])
+            if not math.isnan(value):
+                found.append(value)
+    alpha = (1.0 - level) / 2
+    out = {}
+    for name, found in values.items():
+        if not found:
+            out[name] = (math.nan, math.nan)
+            continue
+        lo, hi = np.quantile(np.asarray(found), [alpha, 1.0 - alpha])
+        out[name] = (float(lo), float(hi))
+    return out
+
+
 def bootstrap_ci(
     y_true: npt.ArrayLike,
     scores: npt.ArrayLike,
@@ -114,25 +154,17 @@ def bootstrap_ci(
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval; resamples whole groups (patients) when given."""
-    y = np.asarray(y_true).astype(np.int64)
-    s = np.asarray(scores, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(groups) if groups is not None else np.arange(len(y)).astype(str)
-    unique, inverse = np.unique(labels, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
-    values = []
-    for _ in range(n_boot):
-        picked = rng.integers(0, len(unique), len(unique))
-        idx = np.concatenate([members[g] for g in picked])
-        value = statistic(y[idx], s[idx])
-        if not math.isnan(value):
-            values.append(value)
-    if not values:
-        return (math.nan, math.nan)
-    alpha = (1.0 - level) / 2
-    lo, hi = np.quantile(np.asarray(values), [alpha, 1.0 - alpha])
-    return (float(lo), float(hi))
+    """Percentile bootstrap interval of one statistic (see :func:`bootstrap_cis`)."""
+    cis = bootstrap_cis(
+        y_true,
+        scores,
+        lambda y, s: {"value": statistic(y, s)},
+        groups=groups,
+        n_boot=n_boot,
+        seed=seed,
+        level=level,
+    )
+    return cis.get("value", (math.nan, math.nan))
 
 
 def metrics_with_ci(
@@ -146,13 +178,17 @@ def metrics_with_ci(
 ) -> dict[str, dict[str, float | list[float]]]:
     """Every metric as ``{"value": v, "ci95": [lo, hi]}`` (patient bootstrap)."""
     point = binary_metrics(y_true, scores, threshold)
+    cis = bootstrap_cis(
+        y_true,
+        scores,
+        lambda y, s: binary_metrics(y, s, threshold),
+        groups=groups,
+        n_boot=n_boot,
+        seed=seed,
+    )
     out: dict[str, dict[str, float | list[float]]] = {}
     for name in METRIC_NAMES:
-
-        def stat(y: npt.NDArray[np.int64], s: FloatArray, name: str = name) -> float:
-            return binary_metrics(y, s, threshold)[name]
-
-        lo, hi = bootstrap_ci(y_true, scores, stat, groups=groups, n_boot=n_boot, seed=seed)
+        lo, hi = cis.get(name, (math.nan, math.nan))
         out[name] = {"value": point[name], "ci95": [lo, hi]}
     return out
 
