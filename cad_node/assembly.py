@@ -72,7 +72,8 @@ def _text(ds: Dataset, keyword: str) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _laterality(ds: Dataset) -> Laterality | None:
+def dataset_laterality(ds: Dataset) -> Laterality | None:
+    """The breast an image shows, from ImageLaterality, else Laterality (L/R only)."""
     for keyword in ("ImageLaterality", "Laterality"):
         value = _text(ds, keyword).upper()
         if value in ("L", "R"):
@@ -110,7 +111,7 @@ def identify(ds: Dataset) -> InstanceInfo:
     """
     sop_class = _text(ds, "SOPClassUID")
     modality = _text(ds, "Modality").upper()
-    laterality = _laterality(ds)
+    laterality = dataset_laterality(ds)
     raw_position = _text(ds, "ViewPosition").upper() or None
     position: ViewPosition | None = None
     if raw_position in ("CC", "MLO"):

@@ -46,6 +46,7 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu as _skimage_otsu
 from skimage.filters import threshold_triangle as _skimage_triangle
 
+from cad_node.assembly import dataset_laterality as assembly_laterality
 from cad_node.errors import InvalidDatasetError, NotAnalysableError
 
 FloatImage = npt.NDArray[np.float32]
@@ -321,12 +322,9 @@ def _transfer_syntax_name(ds: pydicom.Dataset) -> str:
 
 
 def dataset_laterality(ds: pydicom.Dataset) -> str | None:
-    """``"L"`` or ``"R"`` from ImageLaterality, else Laterality; ``None`` when neither says."""
-    for keyword in ("ImageLaterality", "Laterality"):
-        value = _laterality(ds.get(keyword))
-        if value is not None:
-            return value
-    return None
+    """``"L"`` or ``"R"`` as study assembly reads it; ``None`` when the tags do not say."""
+    value = assembly_laterality(ds)
+    return None if value is None else str(value)
 
 
 def dataset_spacing_mm(ds: pydicom.Dataset) -> tuple[float, float] | None:

@@ -30,6 +30,7 @@ from cad_node.errors import InvalidDatasetError
 from cad_node.inference.preprocess import (
     PreprocessConfig,
     Preprocessed,
+    dataset_laterality,
     preprocess_array,
     preprocess_dataset,
 )
@@ -214,7 +215,7 @@ def load_dicom_folder(csv_path: Path, images_root: Path) -> list[Sample]:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:
             continue
-        lat = _norm_laterality(str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")))
+        lat = dataset_laterality(ds)
         key = (str(ds.get("StudyInstanceUID", "")), lat)
         patient = dicom_patient_id(str(ds.get("PatientID", ""))) or key[0]
         index.setdefault(key, []).append((path, patient))
