@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,12 +77,10 @@ def model_warning(path: Path | None = None) -> str | None:
 
 
 def _cam_layer(module: nn.Module, size: tuple[int, int]) -> str:
-    """The last module (in execution order) with a spatial 4-D output: Grad-CAM's target."""
-    return _inspect(module, size)[0]
+    """The last module (in execution order) with a spatial 4-D output: Grad-CAM's target.
 
-
-def _inspect(module: nn.Module, size: tuple[int, int]) -> tuple[str, int]:
-    """Grad-CAM's target layer and the number of outputs, from one dry run."""
+    Found by one dry run, which also checks that the model gives one logit per image.
+    """
     order: list[str] = []
     hooks = []
     for name, sub in module.named_modules():
@@ -97,13 +95,15 @@ def _inspect(module: nn.Module, size: tuple[int, int]) -> tuple[str, int]:
     try:
         device = next(module.parameters()).device
         with torch.inference_mode():
-            outputs = module(torch.zeros(1, 1, *size, device=device)).reshape(1, -1).shape[1]
+            outputs = module(torch.zeros(1, 1, *size, device=device)).numel()
     finally:
         for h in hooks:
             h.remove()
+    if outputs != 1:
+        raise ModelError(f"the model gives {outputs} outputs per image; expected one logit")
     if not order:
         raise ModelError("the model has no spatial layer for Grad-CAM")
-    return order[-1], int(outputs)
+    return order[-1]
 
 
 def _unit_range(maps: torch.Tensor) -> torch.Tensor:
@@ -126,8 +126,6 @@ class CadModel:
     device: torch.device
     path: Path
     cam_layer: str = field(default="")
-    outputs: int = 1
-    """Logits per image: 1 (sigmoid) or one per class (softmax, positive class last)."""
     _cam: Any = field(default=None, init=False, repr=False)
 
     @property
@@ -149,15 +147,9 @@ class CadModel:
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
-        """The preprocessing the model was trained with (input spacing and size, and more)."""
+        """The preprocessing the model was trained with (input spacing and size)."""
         spec = self.manifest["input"]
-        extra = {
-            k: v
-            for k, v in dict(self.manifest.get("preprocess", {})).items()
-            if k in {f.name for f in fields(PreprocessConfig)}
-        }
-        extra.update(spacing_mm=float(spec["spacing_mm"]), size=tuple(spec["size"]))
-        return PreprocessConfig(**extra)
+        return PreprocessConfig(spacing_mm=float(spec["spacing_mm"]), size=tuple(spec["size"]))
 
     def _input(self, batch: npt.NDArray[np.float32]) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
@@ -165,17 +157,15 @@ class CadModel:
 
     @staticmethod
     def _probabilities(logits: torch.Tensor) -> npt.NDArray[np.float32]:
-        if logits.shape[1] == 1:
-            probs = torch.sigmoid(logits[:, 0])
-        else:
-            probs = torch.softmax(logits, dim=1)[:, -1]
-        result: npt.NDArray[np.float32] = probs.detach().float().cpu().numpy()
+        result: npt.NDArray[np.float32] = (
+            torch.sigmoid(logits.reshape(-1)).detach().float().cpu().numpy()
+        )
         return result
 
     def scores(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Probability of the positive class for a (N, 1, H, W) batch."""
         with torch.inference_mode():
-            logits = self.module(self._input(batch)).reshape(len(batch), -1)
+            logits = self.module(self._input(batch))
         return self._probabilities(logits)
 
     def scores_and_heatmaps(
@@ -183,8 +173,8 @@ class CadModel:
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """Scores and Grad-CAM (MONAI) of the positive output from one forward pass.
 
-        Heatmaps are (N, H, W) on the model grid, each scaled to [0, 1]. For a single-logit
-        model the score comes from the same forward pass Grad-CAM differentiates.
+        Heatmaps are (N, H, W) on the model grid, each scaled to [0, 1]. The score comes from
+        the same forward pass Grad-CAM differentiates.
         """
         x = self._input(batch)
         cam = self._gradcam()
@@ -192,12 +182,12 @@ class CadModel:
             # Expected: the graph is re-rooted at the target layer (see _gradcam), so the
             # full backward hook fires with respect to module outputs only.
             warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
-            maps = cam(x=x, class_idx=self.outputs - 1)
+            maps = cam(x=x, class_idx=0)
             logit = cam.nn_module.score
         self.module.zero_grad(set_to_none=True)
         heat: npt.NDArray[np.float32] = maps[:, 0].detach().float().cpu().numpy()
-        if self.outputs == 1 and logit is not None:
-            return self._probabilities(logit.detach().reshape(-1, 1)), heat
+        if logit is not None:
+            return self._probabilities(logit), heat
         return self.scores(batch), heat
 
     def _gradcam(self) -> Any:
@@ -242,8 +232,7 @@ def load_cad_model(path: Path | None = None, device: str = "auto") -> CadModel:
     module = module.to(target).eval()
     module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     model = CadModel(module=module, manifest=manifest, device=target, path=Path(folder))
-    layer, model.outputs = _inspect(module, model.preprocess_config.size)
-    model.cam_layer = str(manifest.get("gradcam_layer") or layer)
+    model.cam_layer = _cam_layer(module, model.preprocess_config.size)
     log.info(
         "model %s %s on %s (Grad-CAM layer %s)", model.name, model.version, target, model.cam_layer
     )
