@@ -318,6 +318,15 @@ def patient_orientation(ds: Dataset) -> tuple[str, str] | None:
     return None
 
 
+BREAST_NAME: Final = {Laterality.LEFT: "Left breast", Laterality.RIGHT: "Right breast"}
+"""How the reports name each breast."""
+
+
+def score_value(score: float) -> float:
+    """Scores as numeric SR content: four decimals, the same in both SRs."""
+    return round(float(score), 4)
+
+
 def score_text(score: float) -> str:
     """Scores as written in text: two decimals, the same everywhere."""
     return f"{score:.2f}"

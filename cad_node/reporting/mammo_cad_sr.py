@@ -54,6 +54,7 @@ from cad_node.domain import Laterality
 from cad_node.inference.predict import DECISION_SUPPORT
 from cad_node.reporting import codes
 from cad_node.reporting.common import (
+    BREAST_NAME,
     MAMMOGRAPHY_CAD_SR_SERIES,
     Algorithm,
     AnalysedImage,
@@ -61,6 +62,7 @@ from cad_node.reporting.common import (
     Inputs,
     patient_orientation,
     score_text,
+    score_value,
     sr_document_arguments,
 )
 
@@ -69,8 +71,6 @@ HAS_PROPERTIES: Final = RelationshipTypeValues.HAS_PROPERTIES
 HAS_CONCEPT_MOD: Final = RelationshipTypeValues.HAS_CONCEPT_MOD
 HAS_ACQ_CONTEXT: Final = RelationshipTypeValues.HAS_ACQ_CONTEXT
 INFERRED_FROM: Final = RelationshipTypeValues.INFERRED_FROM
-
-_BREAST_NAME: Final = {Laterality.LEFT: "Left breast", Laterality.RIGHT: "Right breast"}
 
 
 class MammographyCadSR(_SR):
@@ -157,10 +157,6 @@ def _library_entry(image: AnalysedImage) -> ContentItem:
     return _with(_image(ds, codes.SOURCE, CONTAINS), descriptors)
 
 
-def _score(score: float) -> float:
-    return round(float(score), 4)
-
-
 def _impression(inputs: Inputs, laterality: Laterality, algorithm: Algorithm) -> ContentItem:
     """TID 4003 Individual Impression/Recommendation for one breast."""
     breast = inputs.analysis.breasts[laterality.value]
@@ -168,7 +164,7 @@ def _impression(inputs: Inputs, laterality: Laterality, algorithm: Algorithm) ->
         _with(
             NumContentItem(
                 codes.PROBABILITY_OF_CANCER,
-                _score(image.result.score),
+                score_value(image.result.score),
                 codes.NO_UNITS,
                 relationship_type=INFERRED_FROM,
             ),
@@ -182,7 +178,7 @@ def _impression(inputs: Inputs, laterality: Laterality, algorithm: Algorithm) ->
     score = _with(
         NumContentItem(
             codes.PROBABILITY_OF_CANCER,
-            _score(breast.score),
+            score_value(breast.score),
             codes.NO_UNITS,
             relationship_type=CONTAINS,
         ),
@@ -196,7 +192,7 @@ def _impression(inputs: Inputs, laterality: Laterality, algorithm: Algorithm) ->
     verdict = "at or above" if breast.suspicious else "below"
     description = TextContentItem(
         codes.IMPRESSION_DESCRIPTION,
-        f"{_BREAST_NAME[laterality]}: score {score_text(breast.score)}, {verdict} the operating "
+        f"{BREAST_NAME[laterality]}: score {score_text(breast.score)}, {verdict} the operating "
         f"threshold {algorithm.threshold:g} of {algorithm.label}. {DECISION_SUPPORT}",
         CONTAINS,
     )

@@ -32,15 +32,15 @@ from pydicom.uid import UID, Comprehensive3DSRStorage, generate_uid
 from cad_node.domain import Laterality
 from cad_node.reporting import codes
 from cad_node.reporting.common import (
+    BREAST_NAME,
     MEASUREMENT_REPORT_SERIES,
     Algorithm,
     DocumentRef,
     Inputs,
     ReportingError,
+    score_value,
     sr_document_arguments,
 )
-
-_BREAST_NAME = {Laterality.LEFT: "Left breast", Laterality.RIGHT: "Right breast"}
 
 
 def _algorithm_id(algorithm: Algorithm) -> AlgorithmIdentification:
@@ -63,7 +63,7 @@ def _group(
     )
     score = Measurement(
         name=codes.PROBABILITY_OF_CANCER,
-        value=round(float(breast.score), 4),
+        value=score_value(breast.score),
         unit=codes.NO_UNITS,
         algorithm_id=_algorithm_id(algorithm),
         finding_sites=[site],
@@ -74,7 +74,7 @@ def _group(
     flag = QualitativeEvaluation(codes.SUSPICIOUS, codes.YES if breast.suspicious else codes.NO)
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
-            uid=tracking_uid, identifier=_BREAST_NAME[laterality]
+            uid=tracking_uid, identifier=BREAST_NAME[laterality]
         ),
         algorithm_id=_algorithm_id(algorithm),
         finding_sites=[site],
