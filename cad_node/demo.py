@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from cad_node.audit.jobs import JobRepository
 from cad_node.domain import JobState
 from cad_node.inference.model import model_warning
+from cad_node.inference.predict import DECISION_SUPPORT
 from cad_node.node import Node
 from cad_node.settings import Settings
 
@@ -136,7 +137,7 @@ def run_demo(
             picture = settings.data_dir / "demo-heatmaps.png"
             montage(overlays, picture)
             echo(f"\nheatmap montage: {picture}")
-        echo("Decision support for a radiologist, not a diagnosis.")
+        echo(DECISION_SUPPORT)
         warning = model_warning(settings.model_path)
         if warning:
             echo(f"WARNING: {warning}.")

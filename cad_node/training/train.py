@@ -433,7 +433,7 @@ def cross_validate(
     result = ArchResult(
         architecture=architecture,
         kwargs=kwargs,
-        parameters=count_parameters(build_model(architecture, **kwargs)),
+        parameters=count_parameters(model),
         oof=oof,
         fold_aucs=fold_aucs,
         seconds_per_epoch=float(np.mean(times)),
