@@ -69,3 +69,9 @@ class DeliveryState(enum.StrEnum):
     SENT = "sent"
     FAILED = "failed"
     """The retry budget is spent; ``cad-node send --retry-failed`` tries again."""
+
+
+# Kinds of result object, as recorded on jobs and deliveries.
+MAMMO_CAD_SR: Final = "mammo-cad-sr"
+TID1500_SR: Final = "tid1500-sr"
+HEATMAP_SC: Final = "heatmap-sc"

@@ -118,7 +118,7 @@ class Node:
         self._sweeper: threading.Thread | None = None
         self._stopping = threading.Event()
         if pipeline:
-            self.pipeline = PipelineContext(settings)
+            self.pipeline = PipelineContext(settings, self.engine)
             if settings.broker_url:
                 from cad_node.pipeline.celery_app import CeleryQueue
 

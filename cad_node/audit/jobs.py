@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,7 +13,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from cad_node.audit.models import Delivery, Event, Instance, Job, Study, new_event, utcnow
-from cad_node.domain import DeliveryState, InstanceOutcome, JobState, StudyState
+from cad_node.domain import (
+    MAMMO_CAD_SR,
+    DeliveryState,
+    InstanceOutcome,
+    JobState,
+    StudyState,
+)
 
 
 class StaleJobError(Exception):
@@ -103,9 +110,9 @@ class JobRepository:
         except IntegrityError:
             with self._sessions() as session:
                 existing = session.scalar(
-                    select(Job.id)
-                    .join(Study, Study.id == Job.study_id)
-                    .where(Study.study_instance_uid == study_instance_uid, Job.revision == revision)
+                    select(Job.id).where(
+                        Job.study_instance_uid == study_instance_uid, Job.revision == revision
+                    )
                 )
                 assert existing is not None
                 return existing, False
@@ -204,17 +211,7 @@ class JobRepository:
             job.model_name = model.get("name")
             job.model_version = model.get("version")
             job.model_sha256 = model.get("sha256")
-            job.objects = [
-                {
-                    "kind": o.kind,
-                    "study_instance_uid": o.study_instance_uid,
-                    "series_instance_uid": o.series_instance_uid,
-                    "sop_instance_uid": o.sop_instance_uid,
-                    "sop_class_uid": o.sop_class_uid,
-                    "path": o.path,
-                }
-                for o in objects
-            ]
+            job.objects = [dataclasses.asdict(o) for o in objects]
             job.error = None
             for destination in destinations:
                 for obj in objects:
@@ -415,7 +412,7 @@ class JobRepository:
                             (
                                 o["sop_instance_uid"]
                                 for o in job.objects or []
-                                if o["kind"] == "mammo-cad-sr"
+                                if o["kind"] == MAMMO_CAD_SR
                             ),
                             None,
                         ),

@@ -103,11 +103,6 @@ class ReceivingFile:
         self._finish_hashing()
         return self._sha256.hexdigest()
 
-    @property
-    def size(self) -> int:
-        """Bytes written so far."""
-        return self._size
-
     def write(self, data: bytes) -> int:
         if self.error is None:
             try:

@@ -7,9 +7,10 @@ import socket
 import threading
 from functools import cached_property
 
+from sqlalchemy import Engine
+
 from cad_node.audit.db import make_engine
 from cad_node.audit.jobs import JobRepository
-from cad_node.audit.repository import AuditRepository
 from cad_node.delivery.outbox import Outbox, RetryPolicy
 from cad_node.inference.model import CadModel, load_cad_model
 from cad_node.settings import Settings
@@ -18,10 +19,11 @@ from cad_node.settings import Settings
 class PipelineContext:
     """Built once per worker process from the settings; the model loads on first use."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        """``engine``: share the caller's database engine (it stays the caller's to dispose)."""
         self.settings = settings
-        self.engine = make_engine(settings.effective_database_url)
-        self.audit = AuditRepository(self.engine)
+        self._owns_engine = engine is None
+        self.engine = engine or make_engine(settings.effective_database_url)
         self.jobs = JobRepository(self.engine)
         self.outbox = Outbox(
             self.jobs,
@@ -51,4 +53,5 @@ class PipelineContext:
             return self._model
 
     def close(self) -> None:
-        self.engine.dispose()
+        if self._owns_engine:
+            self.engine.dispose()

@@ -16,10 +16,11 @@ UIDs, dates and times.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final, NamedTuple
+from typing import NamedTuple
 
 from pydicom.dataset import Dataset
 
+from cad_node.domain import HEATMAP_SC, MAMMO_CAD_SR, TID1500_SR
 from cad_node.inference.predict import StudyAnalysis
 from cad_node.reporting.common import Algorithm, DocumentRef, ReportingError, match_sources
 from cad_node.reporting.heatmap_sc import build_heatmap_scs
@@ -37,10 +38,6 @@ __all__ = [
     "ReportingError",
     "build_result_objects",
 ]
-
-MAMMO_CAD_SR: Final = "mammo-cad-sr"
-TID1500_SR: Final = "tid1500-sr"
-HEATMAP_SC: Final = "heatmap-sc"
 
 
 class ReportObject(NamedTuple):
