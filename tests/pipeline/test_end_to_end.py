@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,13 @@ class Stack:
     def data_dir(self) -> Path:
         return Path(self.env["CAD_NODE_DATA_DIR"])
 
-    def jobs(self) -> JobRepository:
+    @cached_property
+    def _jobs(self) -> JobRepository:
         return JobRepository(make_engine(f"sqlite:///{self.data_dir / 'cad-node.db'}"))
+
+    def jobs(self) -> JobRepository:
+        """The node's job records, read through one engine for the whole test."""
+        return self._jobs
 
     def start(self, process: Process) -> Process:
         process.start()
@@ -82,6 +88,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     yield s
     for process in reversed(s.processes):
         process.stop()
+    if "_jobs" in s.__dict__:
+        s._jobs.engine.dispose()
 
 
 def _push_four_views(stack: Stack) -> tuple[str, list[Dataset]]:
