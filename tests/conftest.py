@@ -65,12 +65,15 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
-    """Start nodes with setting overrides; all are stopped at teardown."""
+    """Start nodes with setting overrides; all are stopped at teardown.
+
+    Nodes ingest and assemble only, unless ``pipeline=True`` asks for analysis and delivery.
+    """
     started: list[Node] = []
 
     def start(**overrides: Any) -> Node:
         data_dir = overrides.pop("data_dir", tmp_path / "data")
-        pipeline = overrides.pop("pipeline", True)
+        pipeline = overrides.pop("pipeline", False)
         node = Node(make_settings(data_dir, **overrides), pipeline=pipeline)
         node.start()
         started.append(node)

@@ -29,6 +29,7 @@ def test_study_to_reports_at_the_pacs_and_reanalysis_after_a_late_image(
     pacs = start_receiver("PACS")
     try:
         node = node_factory(
+            pipeline=True,
             model=str(tiny_model_folder(tmp_path / "model")),
             destinations=[{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
         )
@@ -97,7 +98,7 @@ def test_a_study_completed_without_a_job_gets_one_at_the_next_start(
     assert JobRepository(ingest_only.engine).studies_without_job() == [(uid, 1)]
     ingest_only.stop()
 
-    node = node_factory(model=str(tiny_model_folder(tmp_path / "model")))
+    node = node_factory(pipeline=True, model=str(tiny_model_folder(tmp_path / "model")))
     [job] = wait_for(lambda: _done_jobs(node, uid, 1), timeout=60)
     assert job["revision"] == 1 and job["result"]["missing_views"] == []
     assert JobRepository(node.engine).studies_without_job() == []
@@ -111,6 +112,7 @@ def test_results_reach_a_pacs_that_was_down_once_it_is_back(
 
     port = free_port()  # nothing listens here yet: the PACS is down
     node = node_factory(
+        pipeline=True,
         model=str(tiny_model_folder(tmp_path / "model")),
         destinations=[{"ae_title": "PACS", "host": "127.0.0.1", "port": port}],
         delivery_backoff_seconds=0.2,
