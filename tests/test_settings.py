@@ -1,9 +1,10 @@
+import re
 from pathlib import Path
 
 import pytest
 
 from cad_node.errors import ConfigError
-from cad_node.settings import Destination, load_settings
+from cad_node.settings import Destination, Settings, load_settings
 
 
 def test_defaults_without_file_or_environment() -> None:
@@ -65,3 +66,10 @@ def test_invalid_values_are_refused_with_config_error(
 def test_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_the_config_file_lists_every_setting() -> None:
+    """config/cad-node.toml documents each setting once, as a commented-out key."""
+    text = (Path(__file__).resolve().parents[1] / "config" / "cad-node.toml").read_text()
+    keys = re.findall(r"^# ([a-z_]+) = ", text, flags=re.MULTILINE)
+    assert sorted(keys) == sorted(Settings.model_fields)
