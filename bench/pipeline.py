@@ -1,14 +1,15 @@
 """Pipeline latency and throughput with real parts: Orthanc -> cad-node -> Orthanc.
 
-    python bench/pipeline.py [--model models/NAME] [--studies 4] [--quiet 2]
+    python bench/pipeline.py [--model models/NAME | --stand-in] [--studies 4] [--quiet 2]
 
 Orthanc pushes four-view studies to the node; the benchmark measures the time from the
 moment Orthanc's push returns (the last image acknowledged) to the moment the last result
 object is stored in Orthanc, as a median over studies sent one at a time (this includes the
 quiet period that decides a study is complete, printed separately). Then it sends all studies
 at once and prints studies per hour with one and with two Celery workers (Redis broker).
-Without --model it uses the installed default model, else an untrained DenseNet121 as a
-timing stand-in (not a model).
+Without --model it uses the installed default model; --stand-in (or no installed model) uses
+an untrained DenseNet121 at 512 px as a timing stand-in (not a model), the load the inference
+benchmark measures.
 """
 
 from __future__ import annotations
@@ -42,32 +43,33 @@ from services import (  # noqa: E402
 RESULTS_PER_STUDY = 6  # Mammography CAD SR, TID 1500 SR, 4 heatmap SCs
 
 
-def model_folder(tmp: Path, explicit: Path | None) -> Path:
+def model_folder(tmp: Path, explicit: Path | None, stand_in: bool = False) -> Path:
     if explicit:
         return explicit
     from cad_node.errors import ModelError
     from cad_node.inference.model import default_model_path
+    from cad_node.training.architectures import build_model
+    from cad_node.training.export import export_model_folder
 
-    try:
-        return default_model_path()
-    except ModelError:
-        from cad_node.training.architectures import build_model
-        from cad_node.training.export import export_model_folder
-
-        manifest = {
-            "name": "densenet121-untrained-timing-stand-in",
-            "version": "-",
-            "architecture": "densenet121",
-            "architecture_kwargs": {},
-            "input": {"spacing_mm": 0.4, "size": [512, 512]},
-            "class_names": ["not_malignant", "malignant"],
-            "positive_class": "malignant",
-            "threshold": 0.5,
-            "training_data": {"description": "none: untrained"},
-            "metrics": {},
-            "smoke_test": True,
-        }
-        return export_model_folder(build_model("densenet121").eval(), tmp / "stand-in", manifest)
+    if not stand_in:
+        try:
+            return default_model_path()
+        except ModelError:
+            pass
+    manifest = {
+        "name": "densenet121-untrained-timing-stand-in",
+        "version": "-",
+        "architecture": "densenet121",
+        "architecture_kwargs": {},
+        "input": {"spacing_mm": 0.4, "size": [512, 512]},
+        "class_names": ["not_malignant", "malignant"],
+        "positive_class": "malignant",
+        "threshold": 0.5,
+        "training_data": {"description": "none: untrained"},
+        "metrics": {},
+        "smoke_test": True,
+    }
+    return export_model_folder(build_model("densenet121").eval(), tmp / "stand-in", manifest)
 
 
 def push_study(orthanc: Orthanc, tmp: Path) -> tuple[str, float]:
@@ -140,12 +142,15 @@ def run(tmp: Path, model: Path, n: int, quiet: float, workers: int) -> tuple[lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path)
+    parser.add_argument(
+        "--stand-in", action="store_true", help="untrained DenseNet121 at 512 px (timing only)"
+    )
     parser.add_argument("--studies", type=int, default=4)
     parser.add_argument("--quiet", type=float, default=2.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cad-node-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        model = model_folder(tmp, args.model)
+        model = model_folder(tmp, args.model, args.stand_in)
         print(
             f"model {model}; {args.studies} studies of 4 views 2560x2048; "
             f"quiet period {args.quiet:g} s"
