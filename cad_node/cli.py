@@ -291,17 +291,17 @@ def config_show(ctx: Context) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
-def _read_inputs(paths: tuple[Path, ...]) -> list[tuple[Path, Dataset]]:
+def _read_inputs(paths: tuple[Path, ...]) -> list[Dataset]:
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
     files: list[Path] = []
     for path in paths:
         files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
-    found: list[tuple[Path, Dataset]] = []
+    found: list[Dataset] = []
     for file in files:
         try:
-            found.append((file, dcmread(file, defer_size="1 MB")))
+            found.append(dcmread(file, defer_size="1 MB"))
         except (InvalidDicomError, OSError):
             click.echo(f"skipping {file}: not a DICOM file", err=True)
     return found
@@ -369,7 +369,7 @@ def predict(
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
     groups: dict[str, list[Dataset]] = defaultdict(list)
-    for _, ds in _read_inputs(inputs):
+    for ds in _read_inputs(inputs):
         key = patient_key(ds) if group_by == "patient" else str(ds.get("StudyInstanceUID", ""))
         groups[key or "unknown"].append(ds)
 
@@ -498,8 +498,8 @@ def send(ctx: Context, retry_failed: bool) -> None:
     from cad_node.pipeline import tasks
     from cad_node.pipeline.context import PipelineContext
 
-    _repository(ctx)  # a clear error when there is no database yet
-    pipeline = PipelineContext(ctx.settings)
+    engine = _repository(ctx).engine  # a clear error when there is no database yet
+    pipeline = PipelineContext(ctx.settings, engine)
     try:
         if retry_failed:
             click.echo(f"re-queued {pipeline.jobs.retry_failed()} failed delivery(ies)")
@@ -507,6 +507,7 @@ def send(ctx: Context, retry_failed: bool) -> None:
         click.echo(f"sent {summary.sent}, to retry {summary.retrying}, failed {summary.failed}")
     finally:
         pipeline.close()
+        engine.dispose()
 
 
 @main.command()
