@@ -53,3 +53,13 @@ def test_db_upgrade_then_empty_audit(runner: CliRunner) -> None:
     assert json.loads(runner.invoke(main, ["audit", "studies", "--json"]).output) == []
     unknown = runner.invoke(main, ["audit", "show", "1.2.3"])
     assert unknown.exit_code != 0 and "unknown study" in unknown.output
+
+
+def test_send_needs_a_database_then_reports_what_it_sent(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["send"])
+    assert result.exit_code != 0 and "cad-node db upgrade" in result.output
+    assert runner.invoke(main, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(main, ["send", "--retry-failed"])
+    assert result.exit_code == 0, result.output
+    assert "re-queued 0 failed delivery(ies)" in result.output
+    assert "sent 0, to retry 0, failed 0" in result.output
