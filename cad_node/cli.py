@@ -368,6 +368,7 @@ def predict(
         model = load_cad_model(path, settings.device)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
+    warning = validation_warning(model.manifest)
     groups: dict[str, list[Dataset]] = defaultdict(list)
     for ds in _read_inputs(inputs):
         key = patient_key(ds) if group_by == "patient" else str(ds.get("StudyInstanceUID", ""))
@@ -398,7 +399,8 @@ def predict(
                     [
                         f"{image.view}  score {image.score:.2f}"
                         f"{'  SUSPICIOUS' if image.suspicious else ''}",
-                        f"model {model.name} {model.version}",
+                        f"model {model.name} {model.version}"
+                        f"{' - MODEL NOT VALIDATED' if warning else ''}",
                     ],
                 )
                 Image.fromarray(rgb).save(folder / f"{image.view}_{image.sop_instance_uid}.png")
@@ -411,7 +413,7 @@ def predict(
                         "name": model.name,
                         "version": model.version,
                         "threshold": model.threshold,
-                        "not_validated": validation_warning(model.manifest),
+                        "not_validated": warning,
                     },
                     "notice": DECISION_SUPPORT,
                     "studies": [s.to_dict() for s in studies],
@@ -423,7 +425,6 @@ def predict(
     click.echo(
         f"model {model.name} {model.version} (threshold {model.threshold:.3f}); {DECISION_SUPPORT}"
     )
-    warning = validation_warning(model.manifest)
     if warning:
         click.echo(f"WARNING: {warning}.")
     for s in studies:
