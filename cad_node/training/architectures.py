@@ -16,7 +16,12 @@ from cad_node.errors import ModelError
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("baseline", "light", "densenet121", "resnet50")
+#: Whole-image classifiers trained end to end on the image label (the seed architectures).
+WHOLE_IMAGE_ARCHITECTURES = ("baseline", "light", "densenet121", "resnet50")
+#: The pretrained EfficientNet-Lite0 family (see ``training.lesion``): a lesion head on its
+#: features, and a linear model on its globally pooled features; each also with the other breast.
+LITE0_ARCHITECTURES = ("lite0-lesion", "lite0-global")
+ARCHITECTURES = (*WHOLE_IMAGE_ARCHITECTURES, *LITE0_ARCHITECTURES)
 #: Also buildable, not in the default comparison: multiple-instance max over image tiles.
 ALL_ARCHITECTURES = (*ARCHITECTURES, "patchmax")
 
@@ -257,6 +262,10 @@ def build_model(architecture: str, **kwargs: Any) -> nn.Module:
         return resnet50(**options)
     if architecture == "patchmax":
         return PatchMaxClassifier(**kwargs)
+    if architecture == "lite0-lesion":
+        from cad_node.training.lesion_net import LiteLesionNet
+
+        return LiteLesionNet(**kwargs)
     raise ModelError(f"unknown architecture {architecture!r}; expected one of {ALL_ARCHITECTURES}")
 
 
@@ -278,6 +287,8 @@ def default_kwargs(architecture: str, fast: bool = False) -> dict[str, Any]:
         if fast:
             return {"base_kwargs": default_kwargs("light", fast=True), "patch": 32, "stride": 16}
         return {"base": "light", "base_kwargs": {}, "patch": 64, "stride": 32}
+    if architecture in LITE0_ARCHITECTURES:
+        return {}
     raise ModelError(f"unknown architecture {architecture!r}; expected one of {ALL_ARCHITECTURES}")
 
 

@@ -58,6 +58,11 @@ def _train(
     lesions: Path | None,
     patch_epochs: int | None,
     n_boot: int | None,
+    head_epochs: int | None,
+    tail_stages: int,
+    bn_train: bool,
+    repeats: int,
+    feature_cache: Path,
     threads: int | None,
     out_dir: Path | None,
     export_name: str | None,
@@ -87,8 +92,13 @@ def _train(
         "seed": seed,
         "pretrained": pretrained,
         "lesions_csv": lesions,
-        "patch_epochs": (patch_epochs if patch_epochs is not None else 5) if lesions else 0,
+        "patch_epochs": patch_epochs or 0,
         "progress": not no_progress,
+        "head_epochs": head_epochs,
+        "tail_stages": tail_stages,
+        "bn_train": bn_train,
+        "repeats": repeats,
+        "feature_cache": feature_cache,
     }
     for key, value in {
         "image_size": image_size,
@@ -183,11 +193,41 @@ TRAIN_OPTIONS: list[Decorator] = [
     click.option(
         "--lesions",
         type=_EXISTING_FILE,
-        help="mias_abnormalities.csv: pretrain on lesion vs background patches of the "
-        "training folds first.",
+        help="mias_abnormalities.csv: lesion targets of lite0-lesion (and FROC); with "
+        "--patch-epochs, the whole-image models pretrain on lesion patches first.",
     ),
-    click.option("--patch-epochs", type=int, help="Patch pretraining epochs [5 with --lesions]."),
+    click.option(
+        "--patch-epochs", type=int, help="Whole-image models: patch pretraining epochs [0]."
+    ),
     click.option("--bootstrap", "n_boot", type=int, help="Bootstrap draws [1000; --fast 100]."),
+    click.option(
+        "--head-epochs", type=int, help="lite0-lesion: lesion-head epochs per fit [30; --fast 2]."
+    ),
+    click.option(
+        "--tail-stages",
+        type=click.IntRange(0, 2),
+        default=0,
+        show_default=True,
+        help="lite0-lesion: after the head, unfreeze this many of the deepest backbone stages, "
+        "one at a time, each at a lower learning rate (0 = frozen backbone).",
+    ),
+    click.option(
+        "--bn-train", is_flag=True, help="lite0-lesion: unfrozen stages update batch-norm stats."
+    ),
+    click.option(
+        "--repeats",
+        type=click.IntRange(1, 20),
+        default=1,
+        show_default=True,
+        help="lite0-lesion: repeat the cross-validation with other training seeds (spread).",
+    ),
+    click.option(
+        "--feature-cache",
+        type=_PATH,
+        default=Path("var/cache/features"),
+        show_default=True,
+        help="Where the frozen EfficientNet-Lite0 features are cached between runs.",
+    ),
     click.option("--threads", type=int, help="torch CPU threads."),
     click.option("--out-dir", type=_PATH, help="Reports folder [var/training/TASK-TIME]."),
     click.option(

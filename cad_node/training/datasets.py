@@ -393,6 +393,15 @@ def load_mias_lesions(csv_path: Path, full_size: int = 1024, size: int = 512) ->
     return lesions
 
 
+def mias_finding_counts(csv_path: Path) -> dict[str, int]:
+    """Findings per film in ``mias_abnormalities.csv``, with or without a centre."""
+    counts: dict[str, int] = {}
+    for row in _read_csv(csv_path):
+        if (row.get("abnormality") or "").upper() != "NORM":
+            counts[row["refnum"]] = counts.get(row["refnum"], 0) + 1
+    return counts
+
+
 #: (row, col, radius, malignant) of a lesion on the model grid.
 LesionPoint = tuple[float, float, float, bool]
 

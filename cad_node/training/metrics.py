@@ -63,7 +63,14 @@ def threshold_metrics(
     y_true: npt.ArrayLike, scores: npt.ArrayLike, threshold: float
 ) -> dict[str, float]:
     """Accuracy, precision, sensitivity, specificity and F1 at ``score >= threshold``."""
-    c = confusion(y_true, np.asarray(scores) >= threshold)
+    return threshold_metrics_at(y_true, scores, threshold)
+
+
+def threshold_metrics_at(
+    y_true: npt.ArrayLike, scores: npt.ArrayLike, thresholds: float | npt.ArrayLike
+) -> dict[str, float]:
+    """:func:`threshold_metrics` with one threshold per sample allowed."""
+    c = confusion(y_true, np.asarray(scores) >= np.asarray(thresholds))
     precision = _ratio(c.tp, c.tp + c.fp)
     sensitivity = _ratio(c.tp, c.tp + c.fn)
     return {
@@ -170,22 +177,29 @@ def bootstrap_ci(
 def metrics_with_ci(
     y_true: npt.ArrayLike,
     scores: npt.ArrayLike,
-    threshold: float,
+    threshold: float | npt.ArrayLike,
     *,
     groups: Sequence[str] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, dict[str, float | list[float]]]:
-    """Every metric as ``{"value": v, "ci95": [lo, hi]}`` (patient bootstrap)."""
-    point = binary_metrics(y_true, scores, threshold)
-    cis = bootstrap_cis(
-        y_true,
-        scores,
-        lambda y, s: binary_metrics(y, s, threshold),
-        groups=groups,
-        n_boot=n_boot,
-        seed=seed,
-    )
+    """Every metric as ``{"value": v, "ci95": [lo, hi]}`` (patient bootstrap).
+
+    ``threshold`` is one number or one per sample (e.g. each chosen inside the training folds
+    of the fold that sample was tested in); the bootstrap resamples it with its sample.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.broadcast_to(np.asarray(threshold, dtype=np.float64), s.shape)
+    paired = np.stack([s, t], axis=1)
+
+    def stats(y: npt.NDArray[np.int64], st: FloatArray) -> dict[str, float]:
+        return {
+            "auc": roc_auc(y, st[:, 0]),
+            **threshold_metrics_at(y, st[:, 0], st[:, 1]),
+        }
+
+    point = stats(np.asarray(y_true).astype(np.int64), paired)
+    cis = bootstrap_cis(y_true, paired, stats, groups=groups, n_boot=n_boot, seed=seed)
     out: dict[str, dict[str, float | list[float]]] = {}
     for name in METRIC_NAMES:
         lo, hi = cis.get(name, (math.nan, math.nan))

@@ -40,6 +40,7 @@ from cad_node.training import datasets as dsets
 from cad_node.training import metrics as M
 from cad_node.training.architectures import (
     ARCHITECTURES,
+    LITE0_ARCHITECTURES,
     DenseNetClassifier,
     PatchMaxClassifier,
     build_model,
@@ -48,6 +49,13 @@ from cad_node.training.architectures import (
     dense_stage_schedule,
 )
 from cad_node.training.export import export_model_folder
+from cad_node.training.lesion import (
+    GLOBAL_ARCHITECTURE,
+    LESION_ARCHITECTURE,
+    LesionConfig,
+    LesionResult,
+    fast_lesion_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +89,22 @@ class TrainConfig:
     lesions_csv: Path | None = None
     patch_epochs: int = 0
     patch_size: int | None = None
+    head_epochs: int | None = None
+    tail_stages: int = 0
+    bn_train: bool = False
+    repeats: int = 1
+    feature_cache: Path | None = Path("var/cache/features")
+
+    def lesion_config(self) -> LesionConfig:
+        """Settings of the EfficientNet-Lite0 family under this configuration."""
+        values: dict[str, Any] = {
+            "task": self.task, "folds": self.folds, "seed": self.seed, "repeats": self.repeats,
+            "tail_stages": self.tail_stages, "bn_train": self.bn_train, "n_boot": self.n_boot,
+            "progress": self.progress, "cache_dir": self.feature_cache,
+        }  # fmt: skip
+        if self.head_epochs is not None:
+            values["epochs"] = self.head_epochs
+        return fast_lesion_config(**values) if self.fast else LesionConfig(**values)
 
     @property
     def spacing_mm(self) -> float:
@@ -395,6 +419,11 @@ class ArchResult:
     seconds_per_epoch: float
     threshold: float = 0.5
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    thresholds: npt.NDArray[np.float64] | None = None
+    """Per image: the operating point chosen inside the training folds of its test fold."""
+    froc: dict[str, Any] | None = None
+    repeat_aucs: list[float] = field(default_factory=list)
+    exportable: bool = True
 
 
 def cross_validate(
@@ -409,6 +438,7 @@ def cross_validate(
     """Out-of-fold predictions of one architecture, metrics with patient bootstrap CIs."""
     kwargs = cfg.kwargs_for(architecture)
     oof = np.full(len(y), np.nan)
+    thresholds = np.full(len(y), np.nan)
     fold_aucs, times = [], []
     for k, (tr, va) in enumerate(folds):
         model, val_loader, per_epoch = fit(
@@ -425,6 +455,9 @@ def cross_validate(
         )
         scores, idx = predict(model, val_loader)
         oof[idx] = scores
+        train_loader = DataLoader(CachedImages(images, y, tr), batch_size=cfg.batch_size)
+        fitted, fitted_idx = predict(model, train_loader)
+        thresholds[idx] = M.youden_threshold(y[fitted_idx], fitted)
         fold_aucs.append(M.roc_auc(y[idx], scores))
         times.append(per_epoch)
         log.info(
@@ -437,12 +470,70 @@ def cross_validate(
         oof=oof,
         fold_aucs=fold_aucs,
         seconds_per_epoch=float(np.mean(times)),
+        thresholds=thresholds,
     )
+    # the exported model's operating point; the metrics use the per-fold thresholds
     result.threshold = M.youden_threshold(y, oof)
     result.metrics = M.metrics_with_ci(
-        y, oof, result.threshold, groups=groups, n_boot=cfg.n_boot, seed=cfg.seed
+        y, oof, thresholds, groups=groups, n_boot=cfg.n_boot, seed=cfg.seed
     )
+    result.repeat_aucs = [float(result.metrics["auc"]["value"])]
     return result
+
+
+def _from_lesion_row(row: LesionResult, y: npt.NDArray[np.int64]) -> ArchResult:
+    return ArchResult(
+        architecture=row.name,
+        kwargs={},
+        parameters=row.parameters,
+        oof=row.scores,
+        fold_aucs=row.fold_aucs,
+        seconds_per_epoch=row.seconds_per_epoch,
+        threshold=M.youden_threshold(y, row.scores),
+        metrics=row.metrics,
+        thresholds=row.thresholds,
+        froc=row.froc,
+        repeat_aucs=row.repeat_aucs,
+        exportable=row.name.startswith(LESION_ARCHITECTURE),
+    )
+
+
+@dataclass
+class LesionRun:
+    """What the EfficientNet-Lite0 family keeps for export."""
+
+    cfg: LesionConfig
+    features: Any
+    oof_logits: npt.NDArray[np.float64]
+
+
+def run_lite0_family(
+    samples: Sequence[dsets.Sample],
+    folds: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]],
+    cfg: TrainConfig,
+) -> tuple[list[ArchResult], LesionRun]:
+    """The lite0 rows (lesion head and pooled features, each alone and with the other breast)."""
+    from cad_node.training import lesion as L
+
+    lcfg = cfg.lesion_config()
+    if cfg.lesions_csv is None:
+        raise ConfigError("the lite0 architectures need --lesions (mias_abnormalities.csv)")
+    L.check_lesion_samples(samples)
+    height = int(dsets.read_pixels(samples[0]).shape[0])
+    lesions = dsets.load_mias_lesions(cfg.lesions_csv, size=height)
+    counts = dsets.mias_finding_counts(cfg.lesions_csv)
+    feats = L.build_features(samples, lesions, counts, lcfg)
+    groups = np.array([s.patient_id for s in samples])
+    y = feats.labels[:, lcfg.channel]
+    rows: list[ArchResult] = []
+    oof_logits = np.full(len(samples), np.nan)
+    if LESION_ARCHITECTURE in cfg.architectures:
+        found = L.cross_validate_lesion(feats, groups, folds, lcfg)
+        oof_logits = found.pop("_logits").scores
+        rows += [_from_lesion_row(r, y) for r in found.values()]
+    if GLOBAL_ARCHITECTURE in cfg.architectures:
+        rows += [_from_lesion_row(r, y) for r in L.cross_validate_global(feats, groups, folds, lcfg).values()]
+    return rows, LesionRun(lcfg, feats, oof_logits)
 
 
 def _ci(entry: dict[str, Any]) -> str:
@@ -461,6 +552,8 @@ TABLE_COLUMNS = (
     "accuracy",
     "threshold",
     "fold_aucs",
+    "froc_sens_at_1fp",
+    "auc_repeats",
     "s_per_epoch",
 )
 
@@ -474,7 +567,14 @@ def comparison_rows(results: Sequence[ArchResult]) -> list[dict[str, str]]:
             row[name] = _ci(r.metrics[name])
         row["threshold"] = f"{r.threshold:.3f}"
         row["fold_aucs"] = " ".join(f"{a:.3f}" for a in r.fold_aucs)
-        row["s_per_epoch"] = f"{r.seconds_per_epoch:.1f}"
+        row["froc_sens_at_1fp"] = (
+            f"{r.froc['sensitivity'][r.froc['fp_per_image'].index(1.0)]:.3f}" if r.froc else "-"
+        )
+        aucs = np.asarray(r.repeat_aucs or [math.nan])
+        row["auc_repeats"] = (
+            f"{aucs.mean():.3f} ± {aucs.std(ddof=1):.3f} (n={len(aucs)})" if len(aucs) > 1 else "-"
+        )
+        row["s_per_epoch"] = f"{r.seconds_per_epoch:.2f}"
         rows.append(row)
     return rows
 
@@ -499,11 +599,12 @@ class Comparison:
     table: str
     out_dir: Path
     points: list[list[dsets.LesionPoint]] | None = None
+    lesion_run: LesionRun | None = None
 
     def best(self) -> ArchResult:
-        """Architecture with the highest pooled out-of-fold AUC."""
+        """Exportable architecture with the highest pooled out-of-fold AUC."""
         return max(
-            self.results,
+            [r for r in self.results if r.exportable],
             key=lambda r: (
                 -1.0 if math.isnan(r.metrics["auc"]["value"]) else r.metrics["auc"]["value"]
             ),
@@ -521,12 +622,22 @@ def run_comparison(samples: list[dsets.Sample], cfg: TrainConfig, out_dir: Path)
         len(samples), len(set(groups)), int(y.sum()), cfg.task, cfg.folds, cfg.image_size,
         cfg.spacing_mm,
     )  # fmt: skip
-    images = dsets.preprocess_samples(samples, cfg.spacing_mm, cfg.size, progress=cfg.progress)
+    whole = [a for a in cfg.architectures if a not in LITE0_ARCHITECTURES]
+    images = (
+        dsets.preprocess_samples(samples, cfg.spacing_mm, cfg.size, progress=cfg.progress)
+        if whole
+        else np.zeros((len(samples), 1, 1, 1), np.float32)
+    )
     points = None
-    if cfg.lesions_csv is not None and cfg.patch_epochs > 0:
-        lesions = dsets.load_mias_lesions(cfg.lesions_csv)
+    if cfg.lesions_csv is not None and cfg.patch_epochs > 0 and whole:
+        height = int(dsets.read_pixels(samples[0]).shape[0])
+        lesions = dsets.load_mias_lesions(cfg.lesions_csv, size=height)
         points = dsets.lesion_points(samples, lesions, cfg.spacing_mm, cfg.size)
-    results = [cross_validate(a, images, y, groups, folds, cfg, points) for a in cfg.architectures]
+    results = [cross_validate(a, images, y, groups, folds, cfg, points) for a in whole]
+    lesion_run = None
+    if any(a in LITE0_ARCHITECTURES for a in cfg.architectures):
+        lite_rows, lesion_run = run_lite0_family(samples, folds, cfg)
+        results += lite_rows
 
     names = dsets.class_names(cfg.task)
     rows = comparison_rows(results)
@@ -537,10 +648,12 @@ def run_comparison(samples: list[dsets.Sample], cfg: TrainConfig, out_dir: Path)
         writer.writerows(rows)
     header = (
         f"Task `{cfg.task}`, {len(samples)} images / {len(set(groups))} patients, "
-        f"{cfg.folds}-fold patient-stratified CV, {cfg.image_size} px, {cfg.epochs} epochs, "
-        f"seed {cfg.seed}, patch pretraining epochs {cfg.patch_epochs if points else 0}. "
-        "Values: pooled out-of-fold estimate [95% patient-bootstrap CI]; "
-        "threshold metrics at the Youden threshold of the same predictions (optimistic).\n\n"
+        f"{cfg.folds}-fold patient-stratified CV, seed {cfg.seed}. Whole-image architectures: "
+        f"{cfg.image_size} px, {cfg.epochs} epochs, patch pretraining epochs "
+        f"{cfg.patch_epochs if points else 0}. lite0 rows: {_lite0_setting(lesion_run)}. "
+        "Values: pooled out-of-fold estimate [95% patient-bootstrap CI]; threshold metrics "
+        "at thresholds chosen inside each test fold's training folds (Youden's J), never on "
+        "the test predictions. `threshold` is the exported model's operating point.\n\n"
     )
     (out_dir / "comparison.md").write_text(header + table)
     M.plot_roc(
@@ -590,6 +703,8 @@ def run_comparison(samples: list[dsets.Sample], cfg: TrainConfig, out_dir: Path)
                 "parameters": r.parameters,
                 "threshold": r.threshold,
                 "fold_aucs": r.fold_aucs,
+                "froc": r.froc,
+                "repeat_aucs": r.repeat_aucs,
                 "seconds_per_epoch": r.seconds_per_epoch,
                 "metrics": r.metrics,
             }
@@ -599,7 +714,19 @@ def run_comparison(samples: list[dsets.Sample], cfg: TrainConfig, out_dir: Path)
     (out_dir / "summary.json").write_text(
         json.dumps(summary, indent=2, default=_json_default) + "\n"
     )
-    return Comparison(cfg, samples, images, y, folds, results, table, out_dir, points)
+    return Comparison(cfg, samples, images, y, folds, results, table, out_dir, points, lesion_run)
+
+
+def _lite0_setting(run: LesionRun | None) -> str:
+    if run is None:
+        return "not run"
+    c = run.cfg
+    return (
+        f"frozen ImageNet EfficientNet-Lite0 at {c.spacing_mm} mm, {c.size[0]}x{c.size[1]} px, "
+        f"{c.variants} cached variant(s), head {c.epochs} epochs, tail stages unfrozen "
+        f"{c.tail_stages} ({c.tail_epochs} epochs each, BN {'trained' if c.bn_train else 'frozen'}), "
+        f"combiner and threshold from {c.inner_folds}-fold inner CV, {c.repeats} repeat(s)"
+    )
 
 
 def _json_default(obj: object) -> Any:

@@ -1,0 +1,662 @@
+"""Lesion-level training on frozen EfficientNet-Lite0 features, with the other breast.
+
+Protocol (every number below comes from data split by patient):
+
+1. Each film is preprocessed once at the model's spacing and size; the frozen ImageNet
+   backbone's stride-16 and stride-32 features of the film and of its top-bottom mirror image
+   (the augmentation that keeps the chest wall where preprocessing puts it) are computed once and
+   cached on disk.
+2. The lesion head is trained on the lesion discs of ``mias_abnormalities.csv`` (cells inside a
+   disc are lesion, the breast cells of normal films and outside the discs are background) plus
+   the image labels through a top-k pool of the map (multiple-instance learning). Films whose
+   findings have no centre contribute their image label only. Optionally the deepest backbone
+   stages are then unfrozen, one stage at a time, each at a lower learning rate.
+3. The breast score is a logistic regression on the film's image logit and the logit of the
+   same woman's other breast, fitted on inner cross-validated logits of the training folds
+   only; the operating threshold is chosen there too (Youden's J), never on the test fold.
+4. Detections are local maxima of the test film's map; the FROC counts a lesion found when a
+   detection's centre lies inside its circle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold
+from tqdm import tqdm
+
+from cad_node.errors import InvalidDatasetError
+from cad_node.inference.preprocess import PreprocessRecord
+from cad_node.training import datasets as dsets
+from cad_node.training import metrics as M
+from cad_node.training.efficientnet_lite import WEIGHTS_FILE
+from cad_node.training.lesion_net import (
+    CHANNELS,
+    STRIDE,
+    LiteLesionNet,
+    breast_cells,
+    detections_from_map,
+)
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+Fold = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]
+FROC_RATES = (0.25, 0.5, 1.0, 2.0, 4.0)
+LESION_ARCHITECTURE = "lite0-lesion"
+GLOBAL_ARCHITECTURE = "lite0-global"
+
+
+@dataclass
+class LesionConfig:
+    """Settings of the lesion-level model family."""
+
+    task: dsets.Task = "malignant"
+    spacing_mm: float = 0.2
+    size: tuple[int, int] = (1024, 768)
+    folds: int = 5
+    inner_folds: int = 3
+    seed: int = 0
+    repeats: int = 1
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    head_width: int = 32
+    top_k_fraction: float = 0.01
+    dropout: float = 0.2
+    pos_weight: float = 10.0
+    min_lesion_radius: float = 12.0
+    variants: int = 2
+    tail_stages: int = 0
+    tail_epochs: int = 4
+    bn_train: bool = False
+    n_boot: int = 1000
+    progress: bool = True
+    fast: bool = False
+    cache_dir: Path | None = None
+
+    @property
+    def channel(self) -> int:
+        """Map channel of the task (0 abnormal, 1 malignant)."""
+        return CHANNELS.index("malignant" if self.task == "malignant" else "abnormal")
+
+    def net_kwargs(self) -> dict[str, Any]:
+        """Constructor kwargs of the exported :class:`LiteLesionNet`."""
+        return {
+            "channel": self.channel,
+            "head_width": self.head_width,
+            "top_k_fraction": self.top_k_fraction,
+            "dropout": self.dropout,
+        }
+
+
+def fast_lesion_config(**overrides: Any) -> LesionConfig:
+    """Smoke settings: small films, 2 folds, few epochs, one variant."""
+    values: dict[str, Any] = {
+        "size": (256, 192),
+        "spacing_mm": 0.8,
+        "folds": 2,
+        "inner_folds": 2,
+        "epochs": 2,
+        "batch_size": 8,
+        "variants": 1,
+        "n_boot": 50,
+        "fast": True,
+        "min_lesion_radius": 8.0,
+    }
+    values.update(overrides)
+    return LesionConfig(**values)
+
+
+@dataclass
+class FeatureSet:
+    """Cached frozen features, targets and masks; axis 0 of the arrays is the variant."""
+
+    s16: npt.NDArray[np.floating[Any]]
+    s32: npt.NDArray[np.floating[Any]]
+    mask: npt.NDArray[np.bool_]
+    target: npt.NDArray[np.uint8]
+    known: npt.NDArray[np.bool_]
+    labels: npt.NDArray[np.int64]
+    """(N, 2): abnormal, malignant."""
+    records: list[PreprocessRecord]
+    lesions: list[list[dsets.LesionPoint]]
+    other: npt.NDArray[np.int64]
+    """Index of the same woman's other breast, -1 when there is none."""
+
+
+def disc_targets(
+    points: Sequence[dsets.LesionPoint], shape: tuple[int, int], min_radius: float
+) -> npt.NDArray[np.uint8]:
+    """(2, h, w) stride-16 targets: cells whose centre lies in a lesion disc (any, malignant)."""
+    h, w = shape
+    rows = (np.arange(h) + 0.5) * STRIDE
+    cols = (np.arange(w) + 0.5) * STRIDE
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    out = np.zeros((2, h, w), np.uint8)
+    for row, col, radius, malignant in points:
+        inside = (rr - row) ** 2 + (cc - col) ** 2 <= max(radius, min_radius) ** 2
+        out[0] |= inside
+        if malignant:
+            out[1] |= inside
+    return out
+
+
+def other_breast(samples: Sequence[dsets.Sample]) -> npt.NDArray[np.int64]:
+    """For each sample, the index of the same patient's opposite-laterality film (or -1)."""
+    by_patient: dict[tuple[str, str | None], int] = {}
+    for i, s in enumerate(samples):
+        by_patient.setdefault((s.patient_id, s.laterality), i)
+    flip = {"L": "R", "R": "L"}
+    out = np.full(len(samples), -1, np.int64)
+    for i, s in enumerate(samples):
+        if s.laterality in flip:
+            out[i] = by_patient.get((s.patient_id, flip[s.laterality]), -1)
+    return out
+
+
+def _cache_key(samples: Sequence[dsets.Sample], cfg: LesionConfig) -> str:
+    items = [(s.sample_id, str(s.path), s.path.stat().st_size, s.laterality) for s in samples]
+    blob = json.dumps(
+        {"items": items, "spacing": cfg.spacing_mm, "size": cfg.size, "variants": cfg.variants,
+         "weights": WEIGHTS_FILE, "version": 1}  # fmt: skip
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _variant(image: npt.NDArray[np.float32], v: int) -> npt.NDArray[np.float32]:
+    return image if v == 0 else np.ascontiguousarray(image[:, ::-1, :])
+
+
+def _flip_points(points: list[dsets.LesionPoint], rows: int) -> list[dsets.LesionPoint]:
+    return [(rows - row, col, r, m) for row, col, r, m in points]
+
+
+def build_features(
+    samples: Sequence[dsets.Sample],
+    lesions: Sequence[dsets.Lesion],
+    finding_counts: dict[str, int],
+    cfg: LesionConfig,
+) -> FeatureSet:
+    """Preprocess, extract (or load cached) frozen features, and build the targets.
+
+    ``finding_counts`` (findings per film, with or without a centre) decides which abnormal
+    films have known map targets: those whose every finding has a centre.
+    """
+    points = dsets.lesion_points(samples, lesions, cfg.spacing_mm, cfg.size)
+    records = [dsets.preprocess_sample(s, cfg.spacing_mm, cfg.size).record for s in samples]
+    centred: dict[str, int] = {}
+    for les in lesions:
+        centred[les.refnum] = centred.get(les.refnum, 0) + 1
+    known = np.array(
+        [
+            s.label == "normal"
+            or 0 < centred.get(s.sample_id, 0) == finding_counts.get(s.sample_id, 0)
+            for s in samples
+        ],
+        dtype=bool,
+    )
+    labels = np.stack(
+        [dsets.targets(samples, "abnormal"), dsets.targets(samples, "malignant")], axis=1
+    )
+    h16 = math.ceil(cfg.size[0] / STRIDE)
+    w16 = math.ceil(cfg.size[1] / STRIDE)
+    target = np.zeros((cfg.variants, len(samples), 2, h16, w16), np.uint8)
+    for v in range(cfg.variants):
+        for i, p in enumerate(points):
+            pts = p if v == 0 else _flip_points(p, cfg.size[0])
+            target[v, i] = disc_targets(pts, (h16, w16), cfg.min_lesion_radius)
+    key = _cache_key(samples, cfg)
+    cached = _load_cache(cfg.cache_dir, key)
+    if cached is None:
+        s16, s32, mask = _extract(samples, cfg)
+        _save_cache(cfg.cache_dir, key, s16, s32, mask)
+    else:
+        s16, s32, mask = cached
+        log.info("frozen features loaded from cache %s", key)
+    if not cfg.fast:  # in memory as float32: batches are gathered many times per fit
+        s16, s32 = np.asarray(s16, np.float32), np.asarray(s32, np.float32)
+    return FeatureSet(
+        s16=s16, s32=s32, mask=mask, target=target, known=known, labels=labels,
+        records=records, lesions=points, other=other_breast(samples),
+    )  # fmt: skip
+
+
+def _extract(
+    samples: Sequence[dsets.Sample], cfg: LesionConfig
+) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.float16], npt.NDArray[np.bool_]]:
+    net = LiteLesionNet(pretrained=True).eval()
+    s16s, s32s, masks = [], [], []
+    bar = tqdm(
+        total=cfg.variants * len(samples), desc="frozen features", unit="img",
+        disable=not cfg.progress,
+    )  # fmt: skip
+    with torch.inference_mode():
+        for v in range(cfg.variants):
+            for start in range(0, len(samples), 4):
+                chunk = samples[start : start + 4]
+                x = np.stack(
+                    [_variant(dsets.preprocess_sample(s, cfg.spacing_mm, cfg.size).image, v)
+                     for s in chunk]  # fmt: skip
+                ).astype(np.float32)
+                xt = torch.from_numpy(x)
+                s16 = net.encode_s16(xt)
+                s32 = net.tail(s16)
+                s16s.append(s16.half().numpy())
+                s32s.append(s32.half().numpy())
+                masks.append(breast_cells(xt).numpy())
+                bar.update(len(chunk))
+    bar.close()
+    n = len(samples)
+
+    def stack(parts: list[Any]) -> Any:
+        flat = np.concatenate(parts)
+        return flat.reshape(cfg.variants, n, *flat.shape[1:])
+
+    return stack(s16s), stack(s32s), stack(masks)
+
+
+def _load_cache(
+    folder: Path | None, key: str
+) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.float16], npt.NDArray[np.bool_]] | None:
+    if folder is None:
+        return None
+    paths = [folder / f"{key}-{part}.npy" for part in ("s16", "s32", "mask")]
+    if not all(p.is_file() for p in paths):
+        return None
+    s16, s32, mask = (np.load(p, mmap_mode="r") for p in paths)
+    return s16, s32, mask
+
+
+def _save_cache(folder: Path | None, key: str, *arrays: npt.NDArray[Any]) -> None:
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, arr in zip(("s16", "s32", "mask"), arrays, strict=True):
+        tmp = folder / f"{key}-{part}.tmp.npy"
+        np.save(tmp, arr)
+        tmp.replace(folder / f"{key}-{part}.npy")
+
+
+# --- training the head ------------------------------------------------------------------
+
+
+def _batch(
+    feats: FeatureSet, idx: npt.NDArray[np.int64], variants: npt.NDArray[np.int64]
+) -> tuple[torch.Tensor, ...]:
+    s16 = torch.from_numpy(np.asarray(feats.s16[variants, idx], dtype=np.float32))
+    s32 = torch.from_numpy(np.asarray(feats.s32[variants, idx], dtype=np.float32))
+    mask = torch.from_numpy(np.asarray(feats.mask[variants, idx]))
+    target = torch.from_numpy(feats.target[variants, idx].astype(np.float32))
+    known = torch.from_numpy(feats.known[idx])
+    labels = torch.from_numpy(feats.labels[idx].astype(np.float32))
+    return s16, s32, mask, target, known, labels
+
+
+def _loss(
+    net: LiteLesionNet, maps: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+    known: torch.Tensor, labels: torch.Tensor, cfg: LesionConfig, image_pos: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    weight = (mask & known[:, None, None]).float()[:, None].expand_as(maps)
+    pos = torch.tensor(cfg.pos_weight)
+    pixel = F.binary_cross_entropy_with_logits(maps, target, weight=weight, pos_weight=pos)
+    pixel = pixel * weight.numel() / weight.sum().clamp_min(1.0)
+    image = F.binary_cross_entropy_with_logits(net.pool(maps, mask), labels, pos_weight=image_pos)
+    return pixel + image
+
+
+def fit_head(
+    feats: FeatureSet, train_idx: npt.NDArray[np.int64], cfg: LesionConfig, *, seed: int
+) -> LiteLesionNet:
+    """Train a lesion head (then, with ``cfg.tail_stages``, the deepest backbone stages)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    # the backbone's ImageNet weights: the tail stages train from them, and export keeps them
+    net = LiteLesionNet(**cfg.net_kwargs(), pretrained=True)
+    net.set_trainable_tail(0)
+    net.bn_train = cfg.bn_train
+    lab = feats.labels[train_idx]
+    image_pos = torch.tensor(
+        [(len(lab) - max(int(c.sum()), 1)) / max(int(c.sum()), 1) for c in lab.T],
+        dtype=torch.float32,
+    ).clamp(1.0, 20.0)
+    phases = [(0, cfg.epochs, cfg.lr)]
+    phases += [(k, cfg.tail_epochs, cfg.lr / (3.0 * k)) for k in range(1, cfg.tail_stages + 1)]
+    for stage, epochs, lr in phases:
+        if epochs <= 0:
+            continue
+        net.set_trainable_tail(stage)
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        steps = epochs * math.ceil(len(train_idx) / cfg.batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+        net.train()
+        for _ in range(epochs):
+            order = rng.permutation(train_idx)
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                var = rng.integers(0, feats.s16.shape[0], len(idx))
+                s16, s32, mask, target, known, labels = _batch(feats, idx, var)
+                if stage > 0:
+                    s32 = net.tail(s16)
+                maps = net.head(s16, s32)
+                loss = _loss(net, maps, mask, target, known, labels, cfg, image_pos)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+    return net.eval()
+
+
+def predict_maps(
+    net: LiteLesionNet, feats: FeatureSet, idx: npt.NDArray[np.int64], cfg: LesionConfig
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Image logits (n, 2) and lesion logit maps (n, 2, h, w) of films ``idx`` (variant 0)."""
+    logits, maps = [], []
+    with torch.inference_mode():
+        for start in range(0, len(idx), 16):
+            part = idx[start : start + 16]
+            s16, s32, mask, *_ = _batch(feats, part, np.zeros(len(part), np.int64))
+            if net.trainable_tail > 0:
+                s32 = net.tail(s16)
+            m = net.head(s16, s32)
+            logits.append(net.pool(m, mask).numpy())
+            maps.append(m.numpy())
+    return np.concatenate(logits), np.concatenate(maps)
+
+
+# --- the breast score from both breasts ---------------------------------------------------
+
+
+@dataclass
+class Combiner:
+    """Breast probability from the film's logit and the other breast's logit (both fitted)."""
+
+    own: float
+    other: float
+    bias: float
+    single_own: float
+    single_bias: float
+
+    def probability(self, own: FloatArray, other: FloatArray | None) -> FloatArray:
+        """Calibrated breast probability; ``other`` may hold NaN where there is no pair."""
+        single = 1.0 / (1.0 + np.exp(-(self.single_own * own + self.single_bias)))
+        if other is None:
+            return single
+        both = 1.0 / (1.0 + np.exp(-(self.own * own + self.other * np.nan_to_num(other)
+                                     + self.bias)))  # fmt: skip
+        return np.where(np.isnan(other), single, both)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def fit_combiner(own: FloatArray, other: FloatArray, y: npt.NDArray[np.int64]) -> Combiner:
+    """Logistic regressions on [own, other] and on [own] alone (pairs where both exist)."""
+    pair = ~np.isnan(other)
+    both = LogisticRegression(C=1.0).fit(np.stack([own[pair], other[pair]], axis=1), y[pair])
+    single = LogisticRegression(C=1.0).fit(own[:, None], y)
+    return Combiner(
+        own=float(both.coef_[0, 0]), other=float(both.coef_[0, 1]), bias=float(both.intercept_[0]),
+        single_own=float(single.coef_[0, 0]), single_bias=float(single.intercept_[0]),
+    )  # fmt: skip
+
+
+def _other_logits(logits: FloatArray, other: npt.NDArray[np.int64], idx: Sequence[int]) -> FloatArray:
+    return np.array([logits[other[i]] if other[i] >= 0 else np.nan for i in idx])
+
+
+def inner_folds(
+    groups: npt.NDArray[Any], y: npt.NDArray[np.int64], idx: npt.NDArray[np.int64], k: int, seed: int
+) -> list[Fold]:
+    """Patient-grouped stratified folds of the training indices ``idx``."""
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [
+        (idx[tr], idx[va]) for tr, va in splitter.split(np.zeros(len(idx)), y[idx], groups[idx])
+    ]
+
+
+# --- FROC -------------------------------------------------------------------------------
+
+
+def froc(
+    maps: Sequence[npt.NDArray[np.float32]],
+    masks: Sequence[npt.NDArray[np.bool_]],
+    lesions: Sequence[Sequence[tuple[float, float, float]]],
+    rates: Sequence[float] = FROC_RATES,
+) -> dict[str, Any]:
+    """Sensitivity at false positives per image, from probability maps and (row, col, r) lesions.
+
+    A lesion is found when a detection's centre lies in its circle; a detection inside no
+    lesion is a false positive.
+    """
+    scores: list[float] = []
+    hits: list[int] = []  # lesion id, or -1 for a false positive
+    lesion_id = 0
+    for prob, mask, found in zip(maps, masks, lesions, strict=True):
+        ids = list(range(lesion_id, lesion_id + len(found)))
+        lesion_id += len(found)
+        for d in detections_from_map(prob, mask, max_detections=20):
+            inside = [
+                j for j, (r, c, rad) in zip(ids, found, strict=True)
+                if (d.row - r) ** 2 + (d.col - c) ** 2 <= rad**2
+            ]  # fmt: skip
+            scores.append(d.score)
+            hits.append(inside[0] if inside else -1)
+    n_images = max(len(maps), 1)
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    sens_at: list[float] = []
+    curve_fp, curve_sens = [0.0], [0.0]
+    found_ids: set[int] = set()
+    fp = 0
+    for i in order:
+        if hits[i] < 0:
+            fp += 1
+        else:
+            found_ids.add(hits[i])
+        curve_fp.append(fp / n_images)
+        curve_sens.append(len(found_ids) / max(lesion_id, 1))
+    fps = np.asarray(curve_fp)
+    sens = np.asarray(curve_sens)
+    for rate in rates:
+        ok = fps <= rate
+        sens_at.append(float(sens[ok].max()) if ok.any() else 0.0)
+    return {"fp_per_image": list(rates), "sensitivity": sens_at, "n_lesions": lesion_id}
+
+
+def task_lesions(
+    points: Sequence[dsets.LesionPoint], task: dsets.Task
+) -> list[tuple[float, float, float]]:
+    """(row, col, radius) of the lesions that count for a task (malignant ones, or all)."""
+    return [(r, c, rad) for r, c, rad, m in points if m or task == "abnormal"]
+
+
+# --- cross-validation ---------------------------------------------------------------------
+
+
+@dataclass
+class LesionResult:
+    """Out-of-fold outcome of one lesion-family row."""
+
+    name: str
+    parameters: int
+    scores: FloatArray
+    thresholds: FloatArray
+    fold_aucs: list[float]
+    seconds_per_epoch: float
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    froc: dict[str, Any] | None = None
+    repeat_aucs: list[float] = field(default_factory=list)
+
+
+def _youden(y: npt.NDArray[np.int64], p: FloatArray) -> float:
+    return M.youden_threshold(y, p)
+
+
+def cross_validate_lesion(
+    feats: FeatureSet,
+    groups: npt.NDArray[Any],
+    folds: Sequence[Fold],
+    cfg: LesionConfig,
+) -> dict[str, LesionResult]:
+    """Rows ``lite0-lesion`` (film alone) and ``lite0-lesion+other`` on the same folds.
+
+    Also returns out-of-fold image logits in the result's ``scores`` of a hidden row
+    ``_logits`` (used to fit the exported model's combiner).
+    """
+    y = feats.labels[:, cfg.channel]
+    n = len(y)
+    rows: dict[str, LesionResult] = {}
+    all_aucs: dict[str, list[float]] = {"lite0-lesion": [], "lite0-lesion+other": []}
+    for repeat in range(cfg.repeats):
+        seed = cfg.seed + 1000 * repeat
+        alone, paired, t_alone, t_paired = (np.full(n, np.nan) for _ in range(4))
+        oof_logit = np.full(n, np.nan)
+        prob_maps: list[npt.NDArray[np.float32] | None] = [None] * n
+        fold_aucs: dict[str, list[float]] = {"alone": [], "paired": []}
+        start = time.perf_counter()
+        epochs_run = 0
+        for k, (tr, va) in enumerate(folds):
+            inner = np.full(n, np.nan)
+            for itr, iva in inner_folds(groups, y, tr, cfg.inner_folds, seed + k):
+                net = fit_head(feats, itr, cfg, seed=seed + 17 * k + len(itr))
+                inner[iva] = predict_maps(net, feats, iva, cfg)[0][:, cfg.channel]
+                epochs_run += cfg.epochs + cfg.tail_stages * cfg.tail_epochs
+            comb = fit_combiner(inner[tr], _other_logits(inner, feats.other, tr), y[tr])
+            net = fit_head(feats, tr, cfg, seed=seed + k)
+            epochs_run += cfg.epochs + cfg.tail_stages * cfg.tail_epochs
+            logits, maps = predict_maps(net, feats, va, cfg)
+            test = np.full(n, np.nan)
+            test[va] = logits[:, cfg.channel]
+            # the other breast of a test film is in the same (patient-level) test fold
+            oth = _other_logits(test, feats.other, va)
+            alone[va] = comb.probability(test[va], None)
+            paired[va] = comb.probability(test[va], oth)
+            t_alone[va] = _youden(y[tr], comb.probability(inner[tr], None))
+            t_paired[va] = _youden(
+                y[tr], comb.probability(inner[tr], _other_logits(inner, feats.other, tr))
+            )
+            oof_logit[va] = test[va]
+            for j, i in enumerate(va):
+                prob_maps[i] = 1.0 / (1.0 + np.exp(-maps[j, cfg.channel]))
+            fold_aucs["alone"].append(M.roc_auc(y[va], alone[va]))
+            fold_aucs["paired"].append(M.roc_auc(y[va], paired[va]))
+            log.info(
+                "lesion fold %d/%d: AUC %.3f alone, %.3f with the other breast",
+                k + 1, len(folds), fold_aucs["alone"][-1], fold_aucs["paired"][-1],
+            )  # fmt: skip
+        per_epoch = (time.perf_counter() - start) / max(epochs_run, 1)
+        all_aucs["lite0-lesion"].append(M.roc_auc(y, alone))
+        all_aucs["lite0-lesion+other"].append(M.roc_auc(y, paired))
+        if repeat > 0:
+            continue
+        params = sum(p.numel() for p in LiteLesionNet(**cfg.net_kwargs()).parameters())
+        froc_result = froc(
+            [m for m in prob_maps if m is not None],
+            [np.asarray(feats.mask[0, i]) for i in range(n)],
+            [task_lesions(p, cfg.task) for p in feats.lesions],
+        )
+        froc_result["n_lesions_without_centre"] = int((~feats.known & (y == 1)).sum())
+        for name, scores, thr, fa in (
+            ("lite0-lesion", alone, t_alone, fold_aucs["alone"]),
+            ("lite0-lesion+other", paired, t_paired, fold_aucs["paired"]),
+        ):
+            rows[name] = LesionResult(
+                name=name, parameters=params, scores=scores, thresholds=thr, fold_aucs=fa,
+                seconds_per_epoch=per_epoch, froc=froc_result,
+            )  # fmt: skip
+        rows["_logits"] = LesionResult("_logits", params, oof_logit, t_alone, [], per_epoch)
+    for name, aucs in all_aucs.items():
+        rows[name].repeat_aucs = aucs
+    for name, row in rows.items():
+        if name.startswith("_"):
+            continue
+        row.metrics = M.metrics_with_ci(
+            y, row.scores, row.thresholds, groups=list(groups), n_boot=cfg.n_boot, seed=cfg.seed
+        )
+    return rows
+
+
+def global_features(feats: FeatureSet) -> FloatArray:
+    """Whole-image features: mean and max of the frozen maps over the breast (variant 0)."""
+    out = []
+    for i in range(feats.s16.shape[1]):
+        m16 = np.asarray(feats.mask[0, i])
+        if not m16.any():
+            m16 = np.ones_like(m16)
+        s16 = np.asarray(feats.s16[0, i], dtype=np.float32)[:, m16]
+        s32 = np.asarray(feats.s32[0, i], dtype=np.float32)
+        m32 = F.max_pool2d(torch.from_numpy(m16[None].astype(np.float32)), 2, ceil_mode=True)
+        s32 = s32[:, m32[0].numpy() > 0]
+        out.append(np.concatenate([s16.mean(1), s16.max(1), s32.mean(1), s32.max(1)]))
+    return np.asarray(out, dtype=np.float64)
+
+
+def cross_validate_global(
+    feats: FeatureSet, groups: npt.NDArray[Any], folds: Sequence[Fold], cfg: LesionConfig
+) -> dict[str, LesionResult]:
+    """Rows ``lite0-global`` and ``lite0-global+other``: pooled frozen features, logistic
+    regression (C chosen by inner CV), the same combiner protocol as the lesion rows."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = global_features(feats)
+    y = feats.labels[:, cfg.channel]
+    n = len(y)
+
+    def fit(idx: npt.NDArray[np.int64]) -> Any:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1e-3, max_iter=2000))
+        return model.fit(x[idx], y[idx])
+
+    alone, paired, t_alone, t_paired = (np.full(n, np.nan) for _ in range(4))
+    fa: list[float] = []
+    fp: list[float] = []
+    start = time.perf_counter()
+    for k, (tr, va) in enumerate(folds):
+        inner = np.full(n, np.nan)
+        for itr, iva in inner_folds(groups, y, tr, cfg.inner_folds, cfg.seed + k):
+            inner[iva] = fit(itr).decision_function(x[iva])
+        comb = fit_combiner(inner[tr], _other_logits(inner, feats.other, tr), y[tr])
+        test = np.full(n, np.nan)
+        test[va] = fit(tr).decision_function(x[va])
+        alone[va] = comb.probability(test[va], None)
+        paired[va] = comb.probability(test[va], _other_logits(test, feats.other, va))
+        t_alone[va] = _youden(y[tr], comb.probability(inner[tr], None))
+        t_paired[va] = _youden(
+            y[tr], comb.probability(inner[tr], _other_logits(inner, feats.other, tr))
+        )
+        fa.append(M.roc_auc(y[va], alone[va]))
+        fp.append(M.roc_auc(y[va], paired[va]))
+    seconds = time.perf_counter() - start
+    rows = {}
+    for name, scores, thr, aucs in (
+        ("lite0-global", alone, t_alone, fa),
+        ("lite0-global+other", paired, t_paired, fp),
+    ):
+        row = LesionResult(name, x.shape[1] + 1, scores, thr, aucs, seconds)
+        row.metrics = M.metrics_with_ci(
+            y, scores, thr, groups=list(groups), n_boot=cfg.n_boot, seed=cfg.seed
+        )
+        row.repeat_aucs = [row.metrics["auc"]["value"]]
+        rows[name] = row
+    return rows
+
+
+def check_lesion_samples(samples: Sequence[dsets.Sample]) -> None:
+    """The lesion family needs laterality for the other breast; say so plainly."""
+    if not any(s.laterality for s in samples):
+        raise InvalidDatasetError("the lesion models need each film's laterality")

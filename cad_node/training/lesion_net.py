@@ -1,0 +1,212 @@
+"""Lesion-level model: EfficientNet-Lite0 features and a fully convolutional lesion head.
+
+The head turns the stride-16 and stride-32 feature maps into two lesion-logit maps at stride
+16 (channel 0: any abnormality, channel 1: malignant). An image's logit is the mean of the top
+``top_k_fraction`` of its map cells inside the breast (a smooth maximum, so one small lesion
+can carry the image). Detections are the local maxima of the map.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cad_node.training.efficientnet_lite import (
+    HEAD_CHANNELS,
+    LITE0_STAGES,
+    STRIDE16_BLOCK,
+    EfficientNetLite0,
+    SameConv2d,
+    grey_stem_weight,
+    load_imagenet_lite0,
+)
+
+STRIDE = 16
+CHANNELS = ("abnormal", "malignant")
+STRIDE16_CHANNELS = LITE0_STAGES[4][4]
+#: Tail blocks unfrozen at each stage of fine-tuning, deepest first (stage 7, stage 6).
+TAIL_STAGES = ((15, 16), (STRIDE16_BLOCK + 1, 15))
+
+
+def breast_cells(x: torch.Tensor, level: float = 0.05) -> torch.Tensor:
+    """(B, 1, H, W) image in [0, 1] -> (B, h, w) mask of stride-16 cells inside the breast."""
+    mean = F.avg_pool2d(x, STRIDE, STRIDE, ceil_mode=True)
+    return mean[:, 0] > level
+
+
+def top_k_pool(maps: torch.Tensor, mask: torch.Tensor, fraction: float) -> torch.Tensor:
+    """(B, C, h, w) logits and (B, h, w) mask -> (B, C): mean of the top cells in the mask."""
+    out = []
+    for b in range(maps.shape[0]):
+        cells = maps[b][:, mask[b]] if bool(mask[b].any()) else maps[b].flatten(1)
+        k = max(1, round(fraction * cells.shape[1]))
+        out.append(cells.topk(k, dim=1).values.mean(dim=1))
+    return torch.stack(out)
+
+
+class LesionHead(nn.Module):
+    """Stride-16 and stride-32 features -> two lesion-logit maps at stride 16."""
+
+    def __init__(self, width: int = 32, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.reduce16 = nn.Conv2d(STRIDE16_CHANNELS, width, 1)
+        self.reduce32 = nn.Conv2d(HEAD_CHANNELS, width, 1)
+        self.drop = nn.Dropout2d(dropout)
+        self.mix = nn.Conv2d(2 * width, width, 3, padding=1)
+        self.out = nn.Conv2d(width, len(CHANNELS), 1)
+        nn.init.constant_(self.out.bias, -4.0)  # lesions are rare: start near p = 0.02
+
+    def forward(self, s16: torch.Tensor, s32: torch.Tensor) -> torch.Tensor:
+        low = self.reduce32(self.drop(s32))
+        low = F.interpolate(low, size=s16.shape[2:], mode="bilinear", align_corners=False)
+        h = torch.cat([self.reduce16(self.drop(s16)), low], dim=1)
+        h = self.mix(F.relu(h))
+        out: torch.Tensor = self.out(F.relu(h))
+        return out
+
+
+class LiteLesionNet(nn.Module):
+    """Grey mammogram in [0, 1] -> image logit of ``channel``; lesion maps on request.
+
+    ``pretrained`` loads the ImageNet weights of the installed EfficientNet-Lite0 package (for
+    training); a model folder's weights replace them all.
+    """
+
+    def __init__(
+        self,
+        channel: int = 1,
+        head_width: int = 32,
+        top_k_fraction: float = 0.01,
+        dropout: float = 0.2,
+        pretrained: bool = False,
+    ) -> None:
+        super().__init__()
+        self.channel = channel
+        self.top_k_fraction = top_k_fraction
+        self.backbone = EfficientNetLite0(num_classes=0, in_channels=1)
+        if pretrained:
+            rgb = load_imagenet_lite0()
+            state = {k: v for k, v in rgb.state_dict().items() if not k.startswith("_fc")}
+            state["_conv_stem.weight"] = grey_stem_weight(state["_conv_stem.weight"])
+            self.backbone.load_state_dict(state, strict=True)
+        self.head = LesionHead(head_width, dropout)
+        self.trainable_tail = 0
+        self.bn_train = False
+
+    # --- pieces used by training on cached features -------------------------------------
+    def encode_s16(self, x: torch.Tensor) -> torch.Tensor:
+        """Frozen part: image -> stride-16 features (112 channels)."""
+        return self.backbone.run_blocks(self.backbone.stem(2.0 * x - 1.0), 0, STRIDE16_BLOCK + 1)
+
+    def tail(self, s16: torch.Tensor) -> torch.Tensor:
+        """Stride-16 features -> the 1280-channel stride-32 map."""
+        b = self.backbone
+        return b.head(b.run_blocks(s16, STRIDE16_BLOCK + 1, len(b._blocks)))
+
+    def pool(self, maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Image logits (B, C) from maps and breast masks."""
+        return top_k_pool(maps, mask, self.top_k_fraction)
+
+    def set_trainable_tail(self, n: int) -> None:
+        """Unfreeze the ``n`` deepest tail stages (0: head only); frozen BN keeps its stats."""
+        self.trainable_tail = max(0, min(n, len(TAIL_STAGES)))
+        self.backbone.requires_grad_(False)
+        if self.trainable_tail >= 1:
+            self.backbone._conv_head.requires_grad_(True)
+            self.backbone._bn1.requires_grad_(True)
+        for start, stop in TAIL_STAGES[: self.trainable_tail]:
+            for block in self.backbone._blocks[start:stop]:
+                block.requires_grad_(True)
+
+    def train(self, mode: bool = True) -> LiteLesionNet:
+        """Like ``nn.Module.train``, but frozen backbone parts keep their batch-norm statistics
+        (unfrozen tail stages update theirs only with ``bn_train``)."""
+        super().train(mode)
+        if mode:
+            self.backbone.eval()
+            if self.bn_train:
+                for start, stop in TAIL_STAGES[: self.trainable_tail]:
+                    for block in self.backbone._blocks[start:stop]:
+                        block.train()
+        return self
+
+    # --- the whole model --------------------------------------------------------------
+    def lesion_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 2, h, w) lesion logits and the (B, h, w) breast mask of a (B, 1, H, W) batch."""
+        s16 = self.encode_s16(x)
+        maps = self.head(s16, self.tail(s16))
+        return maps, breast_cells(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps, mask = self.lesion_maps(x)
+        return self.pool(maps, mask)[:, self.channel : self.channel + 1]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A local maximum of a lesion map: centre (row, col) and radius in model pixels."""
+
+    row: float
+    col: float
+    radius: float
+    score: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"row": self.row, "col": self.col, "radius": self.radius, "score": self.score}
+
+
+def detections_from_map(
+    prob: npt.NDArray[np.floating[Any]],
+    mask: npt.NDArray[np.bool_],
+    *,
+    min_score: float = 0.0,
+    max_detections: int = 10,
+    stride: int = STRIDE,
+) -> list[Detection]:
+    """Local maxima (3x3) of a probability map inside the breast, best first.
+
+    The radius comes from the cells around the peak at half its score or more (5x5 window).
+    """
+    p = np.where(mask, np.asarray(prob, dtype=np.float64), 0.0)
+    padded = np.pad(p, 1, constant_values=-1.0)
+    h, w = p.shape
+    neighbours = np.stack(
+        [padded[dr : dr + h, dc : dc + w] for dr in range(3) for dc in range(3) if (dr, dc) != (1, 1)]
+    )
+    peaks = (p >= neighbours.max(axis=0)) & mask & (p > min_score)
+    rows, cols = np.nonzero(peaks)
+    order = np.argsort(-p[rows, cols], kind="stable")[:max_detections]
+    out = []
+    for i in order:
+        r, c = int(rows[i]), int(cols[i])
+        window = p[max(r - 2, 0) : r + 3, max(c - 2, 0) : c + 3]
+        cells = int((window >= 0.5 * p[r, c]).sum())
+        out.append(
+            Detection(
+                row=(r + 0.5) * stride,
+                col=(c + 0.5) * stride,
+                radius=max(math.sqrt(cells / math.pi), 0.5) * stride,
+                score=float(p[r, c]),
+            )
+        )
+    return out
+
+
+__all__ = [
+    "CHANNELS",
+    "STRIDE",
+    "Detection",
+    "LesionHead",
+    "LiteLesionNet",
+    "SameConv2d",
+    "breast_cells",
+    "detections_from_map",
+    "top_k_pool",
+]
