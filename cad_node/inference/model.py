@@ -18,6 +18,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from cad_node.breast_score import BreastCombiner
 from cad_node.errors import ModelError
 from cad_node.inference.preprocess import PreprocessConfig
 
@@ -146,6 +147,17 @@ class CadModel:
         return str(self.manifest["positive_class"])
 
     @property
+    def has_lesion_map(self) -> bool:
+        """Whether the model outputs a lesion map (then no Grad-CAM is needed)."""
+        return self.manifest.get("output") == "score+lesion_map"
+
+    @property
+    def combiner(self) -> BreastCombiner | None:
+        """How a breast's score is made from its film logits (and the other breast's)."""
+        data = self.manifest.get("breast_combiner")
+        return BreastCombiner.from_dict(data) if data else None
+
+    @property
     def preprocess_config(self) -> PreprocessConfig:
         """The preprocessing the model was trained with (input spacing and size)."""
         spec = self.manifest["input"]
@@ -168,14 +180,35 @@ class CadModel:
             logits = self.module(self._input(batch))
         return self._probabilities(logits)
 
+    def lesion_maps(
+        self, batch: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+        """Image logits (N,), lesion probability maps (N, h, w) at the map's stride and
+        breast masks (N, h, w) of a lesion model, from one forward pass."""
+        channel = int(self.manifest.get("lesion_map", {}).get("channel", 0))
+        with torch.inference_mode():
+            maps, mask = self.module.lesion_maps(self._input(batch))
+            logits = self.module.pool(maps, mask)[:, channel]
+            prob = torch.sigmoid(maps[:, channel]) * mask
+        return (
+            logits.float().cpu().numpy(),
+            prob.float().cpu().numpy(),
+            mask.cpu().numpy().astype(bool),
+        )
+
     def scores_and_heatmaps(
         self, batch: npt.NDArray[np.float32]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """Scores and Grad-CAM (MONAI) of the positive output from one forward pass.
+        """Scores and heatmaps of the positive output from one forward pass.
 
-        Heatmaps are (N, H, W) on the model grid, each scaled to [0, 1]. The score comes from
-        the same forward pass Grad-CAM differentiates.
+        Heatmaps are (N, H, W) on the model grid in [0, 1]: a lesion model's probability map
+        (zero outside the breast), otherwise Grad-CAM (MONAI) scaled to [0, 1]. The score
+        comes from the same forward pass.
         """
+        if self.has_lesion_map:
+            logits, prob, _ = self.lesion_maps(batch)
+            maps = self.map_on_model_grid(prob, (batch.shape[2], batch.shape[3]))
+            return self._probabilities(torch.from_numpy(logits)), maps
         x = self._input(batch)
         cam = self._gradcam()
         with torch.enable_grad(), warnings.catch_warnings():
@@ -189,6 +222,21 @@ class CadModel:
         if logit is not None:
             return self._probabilities(logit), heat
         return self.scores(batch), heat
+
+    def map_on_model_grid(
+        self, prob: npt.NDArray[np.float32], shape: tuple[int, int]
+    ) -> npt.NDArray[np.float32]:
+        """Lesion maps (N, h, w) resampled (bilinear) to the model grid (N, H, W)."""
+        up = torch.nn.functional.interpolate(
+            torch.from_numpy(prob)[:, None], scale_factor=self.map_stride, mode="bilinear"
+        )
+        out: npt.NDArray[np.float32] = up[:, 0, : shape[0], : shape[1]].numpy()
+        return out
+
+    @property
+    def map_stride(self) -> int:
+        """Model pixels per lesion-map cell."""
+        return int(self.manifest.get("lesion_map", {}).get("stride", 1))
 
     def _gradcam(self) -> Any:
         """MONAI's GradCAM for this model, made once (it registers hooks on the module).
@@ -232,10 +280,16 @@ def load_cad_model(path: Path | None = None, device: str = "auto") -> CadModel:
     module = module.to(target).eval()
     module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     model = CadModel(module=module, manifest=manifest, device=target, path=Path(folder))
-    model.cam_layer = _cam_layer(module, model.preprocess_config.size)
-    log.info(
-        "model %s %s on %s (Grad-CAM layer %s)", model.name, model.version, target, model.cam_layer
-    )
+    if model.has_lesion_map:
+        if not hasattr(module, "lesion_maps"):
+            raise ModelError(f"{manifest['architecture']} does not output a lesion map")
+        log.info("model %s %s on %s (lesion map)", model.name, model.version, target)
+    else:
+        model.cam_layer = _cam_layer(module, model.preprocess_config.size)
+        log.info(
+            "model %s %s on %s (Grad-CAM layer %s)",
+            model.name, model.version, target, model.cam_layer,
+        )  # fmt: skip
     warning = validation_warning(manifest)
     if warning:
         log.warning("%s", warning)

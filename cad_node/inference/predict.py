@@ -1,7 +1,9 @@
 """Analyse a study: scores per view, per breast and per exam, with heatmaps on source pixels.
 
 Each breast is scored from its CC and MLO views (the mean of its view scores; a view with
-several images takes their mean), the exam from its breasts (the maximum). A flag marks scores
+several images takes their mean), the exam from its breasts (the maximum). A lesion model with
+a breast combiner instead scores a breast from the mean logit of its views and the mean logit
+of the other breast's views, as it was trained to. A flag marks scores
 at or above the model's operating threshold. Images that cannot be analysed are named with the
 reason; one bad image never stops the rest of the study.
 """
@@ -44,7 +46,12 @@ class ImageResult:
     display: npt.NDArray[np.float32] | None = field(default=None, repr=False)
     """The source image as displayed (grey, [0, 1]), for overlays."""
     heatmap: npt.NDArray[np.float32] | None = field(default=None, repr=False)
-    """Grad-CAM on the source pixel grid, [0, 1]."""
+    """Lesion map (or Grad-CAM) on the source pixel grid, [0, 1]."""
+    logit: float | None = None
+    """The model's image logit (lesion models), which the breast score combines."""
+    detections: list[dict[str, float]] = field(default_factory=list)
+    """Local maxima of the lesion map: centre ``x``, ``y`` and ``radius`` in source pixels,
+    ``score`` the map's probability there."""
 
 
 @dataclass
@@ -97,6 +104,7 @@ class StudyAnalysis:
                     "view": i.view,
                     "score": i.score,
                     "suspicious": i.suspicious,
+                    "detections": i.detections,
                 }
                 for i in self.images
             ],
@@ -104,6 +112,23 @@ class StudyAnalysis:
             "not_analysed": self.not_analysed,
             "errors": self.errors,
         }
+
+
+def _detections_in_source(
+    prob: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_], model: CadModel, pre: Preprocessed
+) -> list[dict[str, float]]:
+    """The lesion map's local maxima above a floor, mapped to source pixels (x = column)."""
+    from cad_node.training.lesion_net import detections_from_map
+
+    out = []
+    scale = float(np.mean(pre.record.scale))
+    for d in detections_from_map(prob, mask, min_score=0.05, stride=model.map_stride):
+        row, col = pre.record.model_to_source(d.row, d.col)
+        out.append(
+            {"x": round(col, 1), "y": round(row, 1), "radius": round(d.radius / scale, 1),
+             "score": round(d.score, 4)}  # fmt: skip
+        )
+    return out
 
 
 def analyse_study(
@@ -146,13 +171,29 @@ def analyse_study(
             )
 
     images: list[ImageResult] = []
+    combiner = model.combiner
     for start in range(0, len(prepared), batch_size):
         chunk = prepared[start : start + batch_size]
         batch = np.stack([p.image for _, _, _, p in chunk]).astype(np.float32)
-        if heatmaps:
+        logits: npt.NDArray[np.float32] | None = None
+        found: list[list[dict[str, float]]] = [[] for _ in chunk]
+        maps: npt.NDArray[np.float32] | None = None
+        if model.has_lesion_map:
+            logits, prob, mask = model.lesion_maps(batch)
+            found = [
+                _detections_in_source(prob[k], mask[k], model, pre)
+                for k, (_, _, _, pre) in enumerate(chunk)
+            ]
+            if combiner is not None:
+                scores = combiner.probability(logits, None).astype(np.float32)
+            else:
+                scores = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+            if heatmaps:
+                maps = model.map_on_model_grid(prob, (batch.shape[2], batch.shape[3]))
+        elif heatmaps:
             scores, maps = model.scores_and_heatmaps(batch)
         else:
-            scores, maps = model.scores(batch), None
+            scores = model.scores(batch)
         for k, (sop, view, display, pre) in enumerate(chunk):
             score = float(scores[k])
             images.append(
@@ -163,6 +204,8 @@ def analyse_study(
                     suspicious=score >= model.threshold,
                     display=display if heatmaps else None,
                     heatmap=heatmap_to_source(maps[k], pre.record) if maps is not None else None,
+                    logit=None if logits is None else float(logits[k]),
+                    detections=found[k],
                 )
             )
 
@@ -170,10 +213,18 @@ def analyse_study(
     for image in images:
         by_view[image.view].append(image.score)
     breasts: dict[str, BreastResult] = {}
+    breast_logit = {
+        lat: float(np.mean(ls))
+        for lat in ("L", "R")
+        if (ls := [i.logit for i in images if i.view.startswith(lat) and i.logit is not None])
+    }
     for lat in ("L", "R"):
         views = {v: float(np.mean(s)) for v, s in sorted(by_view.items()) if v.startswith(lat)}
         if views:
             score = float(np.mean(list(views.values())))
+            if combiner is not None and lat in breast_logit:
+                other = breast_logit.get("R" if lat == "L" else "L", float("nan"))
+                score = float(combiner.probability(breast_logit[lat], other))
             breasts[lat] = BreastResult(lat, score, score >= model.threshold, views)
     _, missing = views_present_and_missing(by_view)
     return StudyAnalysis(

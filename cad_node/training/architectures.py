@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -183,8 +184,15 @@ class DenseNetClassifier(nn.Module):
         out: torch.Tensor = self.net(x)
         return out
 
-    def load_pretrained(self, path: Path) -> None:
-        """Load backbone weights (safetensors or a torch state dict); the head stays new."""
+    def load_pretrained(self, path: Path) -> int:
+        """Load backbone weights (safetensors or a torch state dict); the head stays new.
+
+        Returns the number of tensors loaded.
+
+        Takes MONAI's key layout or torchvision's ImageNet DenseNet121 state dict (see
+        :func:`torchvision_densenet_keys`); an RGB first convolution becomes grey by summing its
+        filters over the colour channels.
+        """
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
@@ -193,14 +201,37 @@ class DenseNetClassifier(nn.Module):
             state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
             raise ModelError(f"{path}: not a state dict")
-        state = {k.removeprefix("net."): v for k, v in state.items()}
+        state = torchvision_densenet_keys({k.removeprefix("net."): v for k, v in state.items()})
         own = self.net.state_dict()
+        conv0 = state.get("features.conv0.weight")
+        if conv0 is not None and conv0.ndim == 4 and conv0.shape[1] == 3:
+            if own["features.conv0.weight"].shape[1] == 1:
+                state["features.conv0.weight"] = conv0.sum(dim=1, keepdim=True)
         usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         usable = {k: v for k, v in usable.items() if not k.startswith("class_layers")}
         if not usable:
             raise ModelError(f"{path}: no weights match the DenseNet backbone")
         self.net.load_state_dict(usable, strict=False)
         log.info("densenet121: loaded %d/%d backbone tensors from %s", len(usable), len(own), path)
+        return len(usable)
+
+
+_TV_LAYER = re.compile(r"^(features\.denseblock\d+\.denselayer\d+)\.(norm|conv)\.?([12])\.")
+
+
+def torchvision_densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename torchvision DenseNet keys to MONAI's; MONAI keys pass unchanged.
+
+    torchvision names a dense layer's parts ``denselayerN.norm1`` (older files ``norm.1``);
+    MONAI nests them as ``denselayerN.layers.norm1``. Its classifier (``classifier.*``) is
+    dropped: the head is always new.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith("classifier."):
+            continue
+        out[_TV_LAYER.sub(r"\1.layers.\2\3.", key)] = value
+    return out
 
 
 def dense_stage_schedule(epoch: int, epochs: int) -> int:

@@ -109,7 +109,7 @@ def _train(
     }.items():
         if value is not None:
             overrides[key] = value
-    if export_architecture and export_architecture not in overrides["architectures"]:
+    if export_architecture and export_architecture.removesuffix("+other") not in overrides["architectures"]:
         raise click.UsageError(
             f"--export-architecture {export_architecture} is not among --architectures; "
             "only a cross-validated architecture can be exported"
@@ -235,8 +235,9 @@ TRAIN_OPTIONS: list[Decorator] = [
     ),
     click.option(
         "--export-architecture",
-        type=click.Choice(ALL_ARCHITECTURES),
-        help="Export this architecture instead of the best one.",
+        type=click.Choice([*ALL_ARCHITECTURES, "lite0-lesion+other"]),
+        help="Export this architecture instead of the best one (lite0-lesion+other: the "
+        "lesion model whose breast score uses the other breast).",
     ),
     click.option("--model-version", default="0.1.0", show_default=True),
     click.option("--models-dir", type=_PATH, default=Path("models"), show_default=True),
@@ -249,12 +250,13 @@ train_command = click.command("train")(_with_options(TRAIN_OPTIONS, _train))
 
 
 def _evaluate(
-    model: Path,
+    model: Path | None,
     labels: Path,
     images_root: Path | None,
     layout: str,
     task: str,
     threshold: float | None,
+    lesions: Path | None,
     n_boot: int,
     as_json: bool,
     no_progress: bool,
@@ -272,6 +274,7 @@ def _evaluate(
             task=cast(dsets.Task, task),
             layout=cast(dsets.Layout, layout),
             threshold=threshold,
+            lesions_csv=lesions,
             n_boot=n_boot,
             progress=not no_progress,
         )
@@ -287,15 +290,28 @@ def _evaluate(
     click.echo(f"AUC {auc} (95% CI {ci})")
     for key in ("accuracy", "sensitivity", "specificity", "precision", "f1"):
         click.echo(f"{key}: {result[key]:.3f} at threshold {result['threshold']:.3f}")
+    if "froc" in result:
+        froc = result["froc"]
+        pairs = ", ".join(
+            f"{s:.2f} at {f:g}" for f, s in zip(froc["fp_per_image"], froc["sensitivity"], strict=True)
+        )
+        click.echo(f"FROC over {froc['n_lesions']} lesions (sensitivity at FP/image): {pairs}")
 
 
 EVALUATE_OPTIONS: list[Decorator] = [
-    click.option("--model", required=True, type=_EXISTING_DIR, help="Model folder."),
+    click.option(
+        "--model", type=_EXISTING_DIR, help="Model folder [the installed default, models/DEFAULT]."
+    ),
     click.option("--labels", required=True, type=_EXISTING_FILE, help="Labels CSV."),
     click.option("--images-root", type=_EXISTING_DIR, help="Image paths are relative to this."),
     click.option("--layout", type=click.Choice(dsets.LAYOUTS), default="auto", show_default=True),
     click.option("--task", type=click.Choice(dsets.TASKS), default="malignant", show_default=True),
     click.option("--threshold", type=float, help="Override the manifest's operating point."),
+    click.option(
+        "--lesions",
+        type=_EXISTING_FILE,
+        help="mias_abnormalities.csv: add the FROC of a lesion model's detections.",
+    ),
     click.option("--bootstrap", "n_boot", type=int, default=1000, show_default=True),
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
     click.option("--no-progress", is_flag=True, help="No tqdm progress bars."),

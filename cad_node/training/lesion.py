@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
+from cad_node.breast_score import BreastCombiner as Combiner
 from cad_node.errors import InvalidDatasetError
 from cad_node.inference.preprocess import PreprocessRecord
 from cad_node.training import datasets as dsets
@@ -382,37 +383,19 @@ def predict_maps(
 # --- the breast score from both breasts ---------------------------------------------------
 
 
-@dataclass
-class Combiner:
-    """Breast probability from the film's logit and the other breast's logit (both fitted)."""
-
-    own: float
-    other: float
-    bias: float
-    single_own: float
-    single_bias: float
-
-    def probability(self, own: FloatArray, other: FloatArray | None) -> FloatArray:
-        """Calibrated breast probability; ``other`` may hold NaN where there is no pair."""
-        single = 1.0 / (1.0 + np.exp(-(self.single_own * own + self.single_bias)))
-        if other is None:
-            return single
-        both = 1.0 / (1.0 + np.exp(-(self.own * own + self.other * np.nan_to_num(other)
-                                     + self.bias)))  # fmt: skip
-        return np.where(np.isnan(other), single, both)
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
 def fit_combiner(own: FloatArray, other: FloatArray, y: npt.NDArray[np.int64]) -> Combiner:
     """Logistic regressions on [own, other] and on [own] alone (pairs where both exist)."""
     pair = ~np.isnan(other)
+    if len(np.unique(y[pair])) < 2 or len(np.unique(y)) < 2:
+        # too few films to fit (tiny smoke runs): the film's logit alone, unchanged
+        log.warning("breast combiner: one class only in the training folds; identity used")
+        return Combiner(1.0, 0.0, 0.0, 1.0, 0.0, use_other=True)
     both = LogisticRegression(C=1.0).fit(np.stack([own[pair], other[pair]], axis=1), y[pair])
     single = LogisticRegression(C=1.0).fit(own[:, None], y)
     return Combiner(
         own=float(both.coef_[0, 0]), other=float(both.coef_[0, 1]), bias=float(both.intercept_[0]),
         single_own=float(single.coef_[0, 0]), single_bias=float(single.intercept_[0]),
+        use_other=True,
     )  # fmt: skip
 
 
@@ -606,6 +589,13 @@ def global_features(feats: FeatureSet) -> FloatArray:
     return np.asarray(out, dtype=np.float64)
 
 
+class _Constant:
+    """A classifier of one class: every film gets logit 0."""
+
+    def decision_function(self, x: FloatArray) -> FloatArray:
+        return np.zeros(len(x))
+
+
 def cross_validate_global(
     feats: FeatureSet, groups: npt.NDArray[Any], folds: Sequence[Fold], cfg: LesionConfig
 ) -> dict[str, LesionResult]:
@@ -619,6 +609,8 @@ def cross_validate_global(
     n = len(y)
 
     def fit(idx: npt.NDArray[np.int64]) -> Any:
+        if len(np.unique(y[idx])) < 2:  # tiny smoke runs
+            return _Constant()
         model = make_pipeline(StandardScaler(), LogisticRegression(C=1e-3, max_iter=2000))
         return model.fit(x[idx], y[idx])
 

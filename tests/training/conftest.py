@@ -35,3 +35,16 @@ def mias_subset_csv(mias_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
         writer.writeheader()
         writer.writerows(rows)
     return out
+
+
+@pytest.fixture(scope="session")
+def mias_1024_subset_csv(mias_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same films at their native 200 µm (``mias_1024``), paths relative to mini_mias."""
+    with (mias_dir / "mias_labels_1024.csv").open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["refnum"] in MIAS_SUBSET]
+    out = tmp_path_factory.mktemp("mias1024") / "subset_1024.csv"
+    with out.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out

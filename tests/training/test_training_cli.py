@@ -30,8 +30,10 @@ def trained(
             "--fast",
             "--lesions", str(mias_dir / "mias_abnormalities.csv"),
             "--patch-epochs", "1",
+            "--feature-cache", str(work / "features"),
             "--out-dir", str(work / "report"),
             "--export-name", "smoke",
+            "--export-architecture", "light",
             "--models-dir", str(work / "models"),
             "--no-progress",
         ],
@@ -45,6 +47,8 @@ def test_train_fast_writes_table_and_model(trained: tuple[Result, Path, Path]) -
     for arch in ("baseline", "light", "densenet121", "resnet50"):
         assert f"| {arch} |" in result.output
         assert (report / f"confusion_{arch}.png").is_file()
+    for row in ("lite0-lesion", "lite0-lesion+other", "lite0-global", "lite0-global+other"):
+        assert f"| {row} |" in result.output
     for name in ("comparison.csv", "comparison.md", "roc.png", "oof_predictions.csv"):
         assert (report / name).is_file()
     _model, manifest = load_model_folder(model_dir)
@@ -114,3 +118,67 @@ def test_train_rejects_unknown_architecture(mias_subset_csv: Path) -> None:
         train_command, ["--labels", str(mias_subset_csv), "--architectures", "vgg", "--fast"]
     )
     assert result.exit_code != 0 and "unknown" in result.output
+
+
+@pytest.fixture(scope="module")
+def trained_lesion(
+    mias_dir: Path, mias_1024_subset_csv: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Result, Path, Path]:
+    work = tmp_path_factory.mktemp("train-lesion")
+    result = CliRunner().invoke(
+        train_command,
+        [
+            "--labels", str(mias_1024_subset_csv),
+            "--images-root", str(mias_dir),
+            "--fast",
+            "--architectures", "lite0-lesion,lite0-global",
+            "--lesions", str(mias_dir / "mias_abnormalities.csv"),
+            "--feature-cache", str(work / "features"),
+            "--out-dir", str(work / "report"),
+            "--export-name", "lesion-smoke",
+            "--export-architecture", "lite0-lesion+other",
+            "--models-dir", str(work / "models"),
+            "--no-progress",
+        ],
+    )  # fmt: skip
+    return result, work / "report", work / "models" / "lesion-smoke"
+
+
+def test_train_lesion_model_exports_map_and_combiner(
+    trained_lesion: tuple[Result, Path, Path],
+) -> None:
+    result, report, model_dir = trained_lesion
+    assert result.exit_code == 0, result.output
+    summary = json.loads((report / "summary.json").read_text())
+    froc = summary["results"]["lite0-lesion"]["froc"]
+    assert froc["fp_per_image"] == [0.25, 0.5, 1.0, 2.0, 4.0] and len(froc["sensitivity"]) == 5
+    assert froc["n_lesions"] == 3  # malignant findings with a centre among the 12 films
+    _model, manifest = load_model_folder(model_dir)
+    assert manifest["architecture"] == "lite0-lesion"
+    assert manifest["output"] == "score+lesion_map"
+    assert manifest["breast_combiner"]["use_other"] is True
+    assert manifest["input"]["spacing_mm"] == 0.8
+    assert (model_dir / "weights.safetensors").stat().st_size < 50 * 2**20
+
+
+def test_evaluate_lesion_model_with_froc(
+    trained_lesion: tuple[Result, Path, Path], mias_dir: Path, mias_1024_subset_csv: Path
+) -> None:
+    _, _, model_dir = trained_lesion
+    result = CliRunner().invoke(
+        evaluate_command,
+        [
+            "--model", str(model_dir),
+            "--labels", str(mias_1024_subset_csv),
+            "--images-root", str(mias_dir),
+            "--lesions", str(mias_dir / "mias_abnormalities.csv"),
+            "--bootstrap", "50",
+            "--json",
+            "--no-progress",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(payload) >= EVAL_KEYS | {"froc"}
+    assert payload["froc"]["n_lesions"] == 3
+    assert payload["froc"]["n_findings_without_centre"] == 0

@@ -1,0 +1,93 @@
+"""Lesion training pieces: disc targets, pairs of breasts, the combiner, the FROC, features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cad_node.training import datasets as dsets
+from cad_node.training.lesion import (
+    STRIDE,
+    build_features,
+    disc_targets,
+    fast_lesion_config,
+    fit_combiner,
+    froc,
+    other_breast,
+    task_lesions,
+)
+
+
+def test_disc_targets_mark_cells_inside_each_disc() -> None:
+    t = disc_targets([(40.0, 40.0, 20.0, True), (100.0, 20.0, 4.0, False)], (8, 4), 12.0)
+    assert t.shape == (2, 8, 4)
+    assert t[0, 2, 2] and t[1, 2, 2]  # cell centre (40, 40)
+    assert t[0, 6, 1] and not t[1, 6, 1]  # benign: any-abnormality channel only
+    assert t[0].sum() > t[1].sum() and not t[:, 0, 3].any()
+
+
+def test_other_breast_pairs_films_of_one_patient() -> None:
+    def s(i: str, p: str, lat: str | None) -> dsets.Sample:
+        return dsets.Sample(i, p, Path(i), lat, "normal")
+
+    pairs = other_breast([s("a", "p1", "R"), s("b", "p1", "L"), s("c", "p2", "R"), s("d", "p3", None)])
+    assert pairs.tolist() == [1, 0, -1, -1]
+
+
+def test_combiner_learns_that_the_other_breast_is_a_reference() -> None:
+    rng = np.random.default_rng(0)
+    tissue = rng.normal(0, 1, 400)  # shared by both breasts of a woman
+    y = rng.integers(0, 2, 400)
+    own = tissue + 1.0 * y + rng.normal(0, 0.3, 400)
+    other = tissue + rng.normal(0, 0.3, 400)
+    comb = fit_combiner(own, other, y)
+    assert comb.other < 0 < comb.own
+    from cad_node.training.metrics import roc_auc
+
+    assert roc_auc(y, comb.probability(own, other)) > roc_auc(y, comb.probability(own, None)) + 0.1
+
+
+def test_froc_counts_hits_inside_the_circle_and_false_positives() -> None:
+    p1 = np.zeros((8, 8))
+    p1[2, 2] = 0.9  # centre (40, 40): inside the lesion below
+    p1[6, 6] = 0.8  # a false positive
+    p2 = np.zeros((8, 8))
+    p2[4, 4] = 0.95  # false positive on a normal film
+    mask = np.ones((8, 8), bool)
+    result = froc([p1, p2], [mask, mask], [[(40.0, 40.0, 10.0)], []], rates=(0.5, 1.0))
+    # best first: FP (0.95) -> 0.5 FP/image, hit (0.9), FP (0.8) -> 1 FP/image
+    assert result == {"fp_per_image": [0.5, 1.0], "sensitivity": [1.0, 1.0], "n_lesions": 1}
+    strict = froc([p1, p2], [mask, mask], [[(40.0, 40.0, 10.0)], []], rates=(0.25,))
+    assert strict["sensitivity"] == [0.0]
+    assert STRIDE == 16
+
+
+def test_task_lesions_keep_malignant_ones_for_the_malignant_task() -> None:
+    points = [(1.0, 2.0, 3.0, True), (4.0, 5.0, 6.0, False)]
+    assert task_lesions(points, "malignant") == [(1.0, 2.0, 3.0)]
+    assert len(task_lesions(points, "abnormal")) == 2
+
+
+def test_features_targets_and_known_maps_of_real_films(mias_dir: Path, tmp_path: Path) -> None:
+    csv = mias_dir / "mias_labels_1024.csv"
+    wanted = {"mdb003", "mdb004", "mdb005", "mdb006", "mdb215", "mdb216"}
+    samples = [s for s in dsets.load_mias_csv(csv) if s.sample_id in wanted]
+    lesions_csv = mias_dir / "mias_abnormalities.csv"
+    lesions = dsets.load_mias_lesions(lesions_csv, size=1024)
+    cfg = fast_lesion_config(cache_dir=tmp_path, variants=2, progress=False)
+    feats = build_features(samples, lesions, dsets.mias_finding_counts(lesions_csv), cfg)
+    ids = [s.sample_id for s in samples]
+    assert feats.s16.shape[:2] == (2, 6) and feats.s16.shape[2] == 112
+    assert feats.s32.shape[2] == 1280
+    benign = ids.index("mdb005")  # two circumscribed masses with centres
+    assert feats.target[0, benign, 0].sum() > 0 and feats.known[benign]
+    assert feats.target[0, ids.index("mdb003")].sum() == 0 and feats.known[ids.index("mdb003")]
+    assert not feats.known[ids.index("mdb216")]  # calcifications without a centre
+    assert feats.labels[ids.index("mdb216")].tolist() == [1, 1]
+    # the mirror variant mirrors the targets
+    assert np.array_equal(feats.target[1, benign, 0], feats.target[0, benign, 0][::-1])
+    assert feats.other[ids.index("mdb003")] == ids.index("mdb004")
+    cached = build_features(samples, lesions, dsets.mias_finding_counts(lesions_csv), cfg)
+    assert np.array_equal(np.asarray(cached.s32), np.asarray(feats.s32))
+    assert len(list(tmp_path.glob("*.npy"))) == 3
