@@ -67,3 +67,44 @@ def tiny_model_folder(folder: Path, *, threshold: float = 0.5, size: int = 64) -
         "smoke_test": True,
     }
     return export_model_folder(module, folder, manifest)
+
+
+class BrightSpotLesionNet(nn.Module):
+    """Fixed weights with the lesion-model interface: the map is the share of clearly bright
+    pixels in each 16x16 cell (as a logit), the image logit its maximum."""
+
+    def lesion_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bright = torch.nn.functional.avg_pool2d((x > 0.9).float(), 16, ceil_mode=True)
+        maps = torch.cat([bright, bright], dim=1) * 60.0 - 4.0
+        mask = torch.nn.functional.avg_pool2d(x, 16, ceil_mode=True)[:, 0] > 0.05
+        return maps, mask
+
+    def pool(self, maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return maps.masked_fill(~mask[:, None], -1e4).flatten(2).amax(dim=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps, mask = self.lesion_maps(x)
+        return self.pool(maps, mask)[:, 1:2]
+
+
+LESION_COMBINER = {
+    "own": 1.0, "other": -0.5, "bias": 0.0, "single_own": 1.0, "single_bias": 0.0,
+    "use_other": True,
+}  # fmt: skip
+
+
+def bright_spot_lesion_model(
+    threshold: float = 0.5, size: tuple[int, int] = (256, 192)
+) -> CadModel:
+    """A CadModel around BrightSpotLesionNet, with a lesion map and a breast combiner."""
+    manifest = {
+        "name": "bright-spot-lesion",
+        "version": "test",
+        "threshold": threshold,
+        "positive_class": "malignant",
+        "input": {"spacing_mm": 0.4, "size": list(size)},
+        "output": "score+lesion_map",
+        "lesion_map": {"stride": 16, "channels": ["abnormal", "malignant"], "channel": 1},
+        "breast_combiner": LESION_COMBINER,
+    }
+    return CadModel(BrightSpotLesionNet().eval(), manifest, torch.device("cpu"), Path("."))

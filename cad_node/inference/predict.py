@@ -125,8 +125,12 @@ def _detections_in_source(
     for d in detections_from_map(prob, mask, min_score=0.05, stride=model.map_stride):
         row, col = pre.record.model_to_source(d.row, d.col)
         out.append(
-            {"x": round(col, 1), "y": round(row, 1), "radius": round(d.radius / scale, 1),
-             "score": round(d.score, 4)}  # fmt: skip
+            {
+                "x": round(col, 1),
+                "y": round(row, 1),
+                "radius": round(d.radius / scale, 1),
+                "score": round(d.score, 4),
+            }
         )
     return out
 

@@ -204,9 +204,9 @@ class DenseNetClassifier(nn.Module):
         state = torchvision_densenet_keys({k.removeprefix("net."): v for k, v in state.items()})
         own = self.net.state_dict()
         conv0 = state.get("features.conv0.weight")
-        if conv0 is not None and conv0.ndim == 4 and conv0.shape[1] == 3:
-            if own["features.conv0.weight"].shape[1] == 1:
-                state["features.conv0.weight"] = conv0.sum(dim=1, keepdim=True)
+        grey = own["features.conv0.weight"].shape[1] == 1
+        if conv0 is not None and conv0.ndim == 4 and conv0.shape[1] == 3 and grey:
+            state["features.conv0.weight"] = conv0.sum(dim=1, keepdim=True)
         usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         usable = {k: v for k, v in usable.items() if not k.startswith("class_layers")}
         if not usable:

@@ -109,7 +109,10 @@ def _train(
     }.items():
         if value is not None:
             overrides[key] = value
-    if export_architecture and export_architecture.removesuffix("+other") not in overrides["architectures"]:
+    if (
+        export_architecture
+        and export_architecture.removesuffix("+other") not in overrides["architectures"]
+    ):
         raise click.UsageError(
             f"--export-architecture {export_architecture} is not among --architectures; "
             "only a cross-validated architecture can be exported"
@@ -293,7 +296,8 @@ def _evaluate(
     if "froc" in result:
         froc = result["froc"]
         pairs = ", ".join(
-            f"{s:.2f} at {f:g}" for f, s in zip(froc["fp_per_image"], froc["sensitivity"], strict=True)
+            f"{s:.2f} at {f:g}"
+            for f, s in zip(froc["fp_per_image"], froc["sensitivity"], strict=True)
         )
         click.echo(f"FROC over {froc['n_lesions']} lesions (sensitivity at FP/image): {pairs}")
 

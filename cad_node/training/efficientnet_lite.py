@@ -116,7 +116,9 @@ class EfficientNetLite0(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(cin, HEAD_CHANNELS, 1, bias=False)
         self._bn1 = _bn(HEAD_CHANNELS)
-        self._fc: nn.Module = nn.Linear(HEAD_CHANNELS, num_classes) if num_classes else nn.Identity()
+        self._fc: nn.Module = (
+            nn.Linear(HEAD_CHANNELS, num_classes) if num_classes else nn.Identity()
+        )
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         """Stem convolution of an RGB input in [-1, 1]."""

@@ -173,8 +173,14 @@ def other_breast(samples: Sequence[dsets.Sample]) -> npt.NDArray[np.int64]:
 def _cache_key(samples: Sequence[dsets.Sample], cfg: LesionConfig) -> str:
     items = [(s.sample_id, str(s.path), s.path.stat().st_size, s.laterality) for s in samples]
     blob = json.dumps(
-        {"items": items, "spacing": cfg.spacing_mm, "size": cfg.size, "variants": cfg.variants,
-         "weights": WEIGHTS_FILE, "version": 1}  # fmt: skip
+        {
+            "items": items,
+            "spacing": cfg.spacing_mm,
+            "size": cfg.size,
+            "variants": cfg.variants,
+            "weights": WEIGHTS_FILE,
+            "version": 1,
+        }
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -251,8 +257,10 @@ def _extract(
             for start in range(0, len(samples), 4):
                 chunk = samples[start : start + 4]
                 x = np.stack(
-                    [_variant(dsets.preprocess_sample(s, cfg.spacing_mm, cfg.size).image, v)
-                     for s in chunk]  # fmt: skip
+                    [
+                        _variant(dsets.preprocess_sample(s, cfg.spacing_mm, cfg.size).image, v)
+                        for s in chunk
+                    ]
                 ).astype(np.float32)
                 xt = torch.from_numpy(x)
                 s16 = net.encode_s16(xt)
@@ -399,12 +407,18 @@ def fit_combiner(own: FloatArray, other: FloatArray, y: npt.NDArray[np.int64]) -
     )  # fmt: skip
 
 
-def _other_logits(logits: FloatArray, other: npt.NDArray[np.int64], idx: Sequence[int]) -> FloatArray:
+def _other_logits(
+    logits: FloatArray, other: npt.NDArray[np.int64], idx: Sequence[int]
+) -> FloatArray:
     return np.array([logits[other[i]] if other[i] >= 0 else np.nan for i in idx])
 
 
 def inner_folds(
-    groups: npt.NDArray[Any], y: npt.NDArray[np.int64], idx: npt.NDArray[np.int64], k: int, seed: int
+    groups: npt.NDArray[Any],
+    y: npt.NDArray[np.int64],
+    idx: npt.NDArray[np.int64],
+    k: int,
+    seed: int,
 ) -> list[Fold]:
     """Patient-grouped stratified folds of the training indices ``idx``."""
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -435,9 +449,10 @@ def froc(
         lesion_id += len(found)
         for d in detections_from_map(prob, mask, max_detections=20):
             inside = [
-                j for j, (r, c, rad) in zip(ids, found, strict=True)
+                j
+                for j, (r, c, rad) in zip(ids, found, strict=True)
                 if (d.row - r) ** 2 + (d.col - c) ** 2 <= rad**2
-            ]  # fmt: skip
+            ]
             scores.append(d.score)
             hits.append(inside[0] if inside else -1)
     n_images = max(len(maps), 1)

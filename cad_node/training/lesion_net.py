@@ -178,7 +178,12 @@ def detections_from_map(
     padded = np.pad(p, 1, constant_values=-1.0)
     h, w = p.shape
     neighbours = np.stack(
-        [padded[dr : dr + h, dc : dc + w] for dr in range(3) for dc in range(3) if (dr, dc) != (1, 1)]
+        [
+            padded[dr : dr + h, dc : dc + w]
+            for dr in range(3)
+            for dc in range(3)
+            if (dr, dc) != (1, 1)
+        ]
     )
     peaks = (p >= neighbours.max(axis=0)) & mask & (p > min_score)
     rows, cols = np.nonzero(peaks)

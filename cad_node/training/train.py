@@ -532,7 +532,10 @@ def run_lite0_family(
         oof_logits = found.pop("_logits").scores
         rows += [_from_lesion_row(r, y) for r in found.values()]
     if GLOBAL_ARCHITECTURE in cfg.architectures:
-        rows += [_from_lesion_row(r, y) for r in L.cross_validate_global(feats, groups, folds, lcfg).values()]
+        rows += [
+            _from_lesion_row(r, y)
+            for r in L.cross_validate_global(feats, groups, folds, lcfg).values()
+        ]
     return rows, LesionRun(lcfg, feats, oof_logits)
 
 
@@ -724,7 +727,8 @@ def _lite0_setting(run: LesionRun | None) -> str:
     return (
         f"frozen ImageNet EfficientNet-Lite0 at {c.spacing_mm} mm, {c.size[0]}x{c.size[1]} px, "
         f"{c.variants} cached variant(s), head {c.epochs} epochs, tail stages unfrozen "
-        f"{c.tail_stages} ({c.tail_epochs} epochs each, BN {'trained' if c.bn_train else 'frozen'}), "
+        f"{c.tail_stages} ({c.tail_epochs} epochs each, "
+        f"BN {'trained' if c.bn_train else 'frozen'}), "
         f"combiner and threshold from {c.inner_folds}-fold inner CV, {c.repeats} repeat(s)"
     )
 
@@ -743,7 +747,11 @@ def training_data_summary(
     return {
         "description": (
             "mini-MIAS digitised screen-film MLO mammograms, "
-            + ("1024x1024 at 0.2 mm/pixel" if _spacing(samples) == 0.2 else "512x512 at 0.4 mm/pixel")
+            + (
+                "1024x1024 at 0.2 mm/pixel"
+                if _spacing(samples) == 0.2
+                else "512x512 at 0.4 mm/pixel"
+            )
             if is_mias
             else f"images listed in {labels_csv.name}"
         ),
@@ -864,7 +872,9 @@ def _export_lesion(
     all_idx = np.arange(len(y))
     start = time.perf_counter()
     net = L.fit_head(feats, all_idx, lcfg, seed=lcfg.seed)
-    seconds = (time.perf_counter() - start) / max(lcfg.epochs + lcfg.tail_stages * lcfg.tail_epochs, 1)
+    seconds = (time.perf_counter() - start) / max(
+        lcfg.epochs + lcfg.tail_stages * lcfg.tail_epochs, 1
+    )
     oof = run.oof_logits
     other = L._other_logits(oof, feats.other, all_idx)
     comb = L.fit_combiner(oof, other, y)

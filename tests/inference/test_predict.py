@@ -207,3 +207,37 @@ def test_truncated_gradcam_equals_full_backward_gradcam_and_adds_no_hooks() -> N
     assert len(model.module.act._forward_hooks) == hooks  # one GradCAM per model
     assert np.allclose(first, reference[:, 0].detach().numpy(), atol=1e-6)
     assert np.array_equal(first, again)
+
+
+def test_lesion_model_detections_land_on_the_spot_and_breasts_use_each_other() -> None:
+    from model_factory import LESION_COMBINER, bright_spot_lesion_model
+
+    from cad_node.breast_score import BreastCombiner
+
+    uid = generate_uid()
+    spot = (150, 60)  # row, column in source pixels of the left CC
+    datasets = [
+        breast("L", spot, study_uid=uid, view="CC"),
+        breast("L", None, study_uid=uid, view="MLO"),
+        breast("R", None, study_uid=uid, view="CC"),
+        breast("R", None, study_uid=uid, view="MLO"),
+    ]
+    model = bright_spot_lesion_model()
+    result = analyse_study(uid, datasets, model)
+    by_view = {i.view: i for i in result.images}
+    [found] = by_view["L-CC"].detections
+    # the detection's centre (a 16-pixel cell at 0.4 mm = 32 source pixels) covers the spot
+    assert abs(found["y"] - spot[0]) <= 32 and abs(found["x"] - spot[1]) <= 32, found
+    assert found["score"] > 0.5
+    assert not by_view["R-CC"].detections and not by_view["L-MLO"].detections
+    heat = by_view["L-CC"].heatmap
+    assert heat is not None and heat.shape == (400, 300)
+    peak = np.unravel_index(np.argmax(heat), heat.shape)
+    assert abs(peak[0] - spot[0]) <= 32 and abs(peak[1] - spot[1]) <= 32
+    comb = BreastCombiner.from_dict(LESION_COMBINER)
+    logit = {lat: np.mean([i.logit for i in result.images if i.view[0] == lat]) for lat in "LR"}
+    expected = float(comb.probability(logit["L"], logit["R"]))
+    assert result.breasts["L"].score == pytest.approx(expected)
+    assert result.breasts["L"].score > result.breasts["R"].score
+    payload = {i["view"]: i for i in result.to_dict()["images"]}
+    assert payload["L-CC"]["detections"] == [found]

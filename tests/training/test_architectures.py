@@ -42,4 +42,6 @@ def test_torchvision_state_dict_loads_every_backbone_tensor(tmp_path: Path) -> N
 
 def test_old_torchvision_names_are_renamed_too() -> None:
     old = {"features.denseblock2.denselayer3.norm.1.weight": torch.zeros(1)}
-    assert list(torchvision_densenet_keys(old)) == ["features.denseblock2.denselayer3.layers.norm1.weight"]
+    assert list(torchvision_densenet_keys(old)) == [
+        "features.denseblock2.denselayer3.layers.norm1.weight"
+    ]

@@ -31,7 +31,9 @@ def test_other_breast_pairs_films_of_one_patient() -> None:
     def s(i: str, p: str, lat: str | None) -> dsets.Sample:
         return dsets.Sample(i, p, Path(i), lat, "normal")
 
-    pairs = other_breast([s("a", "p1", "R"), s("b", "p1", "L"), s("c", "p2", "R"), s("d", "p3", None)])
+    pairs = other_breast(
+        [s("a", "p1", "R"), s("b", "p1", "L"), s("c", "p2", "R"), s("d", "p3", None)]
+    )
     assert pairs.tolist() == [1, 0, -1, -1]
 
 
