@@ -186,9 +186,10 @@ class CadModel:
         """Image logits (N,), lesion probability maps (N, h, w) at the map's stride and
         breast masks (N, h, w) of a lesion model, from one forward pass."""
         channel = int(self.manifest.get("lesion_map", {}).get("channel", 0))
+        module: Any = self.module
         with torch.inference_mode():
-            maps, mask = self.module.lesion_maps(self._input(batch))
-            logits = self.module.pool(maps, mask)[:, channel]
+            maps, mask = module.lesion_maps(self._input(batch))
+            logits = module.pool(maps, mask)[:, channel]
             prob = torch.sigmoid(maps[:, channel]) * mask
         return (
             logits.float().cpu().numpy(),

@@ -68,7 +68,10 @@ class SameConv2d(nn.Conv2d):
             pads += [total // 2, total - total // 2]
         if any(pads):
             x = F.pad(x, pads)
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        out: torch.Tensor = F.conv2d(
+            x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups
+        )
+        return out
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -97,7 +100,8 @@ class MBConv(nn.Module):
             h = F.relu6(self._bn0(self._expand_conv(h)))
         h = F.relu6(self._bn1(self._depthwise_conv(h)))
         h = self._bn2(self._project_conv(h))
-        return h + x if self.residual else h
+        out: torch.Tensor = h + x if self.residual else h
+        return out
 
 
 class EfficientNetLite0(nn.Module):

@@ -365,7 +365,7 @@ def fit_head(
                 maps = net.head(s16, s32)
                 loss = _loss(net, maps, mask, target, known, labels, cfg, image_pos)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
                 sched.step()
     return net.eval()
@@ -407,9 +407,10 @@ def fit_combiner(own: FloatArray, other: FloatArray, y: npt.NDArray[np.int64]) -
     )  # fmt: skip
 
 
-def _other_logits(
-    logits: FloatArray, other: npt.NDArray[np.int64], idx: Sequence[int]
+def other_logits(
+    logits: FloatArray, other: npt.NDArray[np.int64], idx: Sequence[int] | npt.NDArray[Any]
 ) -> FloatArray:
+    """The other breast's logit for each film ``idx`` (NaN where there is none)."""
     return np.array([logits[other[i]] if other[i] >= 0 else np.nan for i in idx])
 
 
@@ -534,19 +535,19 @@ def cross_validate_lesion(
                 net = fit_head(feats, itr, cfg, seed=seed + 17 * k + len(itr))
                 inner[iva] = predict_maps(net, feats, iva, cfg)[0][:, cfg.channel]
                 epochs_run += cfg.epochs + cfg.tail_stages * cfg.tail_epochs
-            comb = fit_combiner(inner[tr], _other_logits(inner, feats.other, tr), y[tr])
+            comb = fit_combiner(inner[tr], other_logits(inner, feats.other, tr), y[tr])
             net = fit_head(feats, tr, cfg, seed=seed + k)
             epochs_run += cfg.epochs + cfg.tail_stages * cfg.tail_epochs
             logits, maps = predict_maps(net, feats, va, cfg)
             test = np.full(n, np.nan)
             test[va] = logits[:, cfg.channel]
             # the other breast of a test film is in the same (patient-level) test fold
-            oth = _other_logits(test, feats.other, va)
+            oth = other_logits(test, feats.other, va)
             alone[va] = comb.probability(test[va], None)
             paired[va] = comb.probability(test[va], oth)
             t_alone[va] = _youden(y[tr], comb.probability(inner[tr], None))
             t_paired[va] = _youden(
-                y[tr], comb.probability(inner[tr], _other_logits(inner, feats.other, tr))
+                y[tr], comb.probability(inner[tr], other_logits(inner, feats.other, tr))
             )
             oof_logit[va] = test[va]
             for j, i in enumerate(va):
@@ -637,14 +638,14 @@ def cross_validate_global(
         inner = np.full(n, np.nan)
         for itr, iva in inner_folds(groups, y, tr, cfg.inner_folds, cfg.seed + k):
             inner[iva] = fit(itr).decision_function(x[iva])
-        comb = fit_combiner(inner[tr], _other_logits(inner, feats.other, tr), y[tr])
+        comb = fit_combiner(inner[tr], other_logits(inner, feats.other, tr), y[tr])
         test = np.full(n, np.nan)
         test[va] = fit(tr).decision_function(x[va])
         alone[va] = comb.probability(test[va], None)
-        paired[va] = comb.probability(test[va], _other_logits(test, feats.other, va))
+        paired[va] = comb.probability(test[va], other_logits(test, feats.other, va))
         t_alone[va] = _youden(y[tr], comb.probability(inner[tr], None))
         t_paired[va] = _youden(
-            y[tr], comb.probability(inner[tr], _other_logits(inner, feats.other, tr))
+            y[tr], comb.probability(inner[tr], other_logits(inner, feats.other, tr))
         )
         fa.append(M.roc_auc(y[va], alone[va]))
         fp.append(M.roc_auc(y[va], paired[va]))
@@ -658,7 +659,7 @@ def cross_validate_global(
         row.metrics = M.metrics_with_ci(
             y, scores, thr, groups=list(groups), n_boot=cfg.n_boot, seed=cfg.seed
         )
-        row.repeat_aucs = [row.metrics["auc"]["value"]]
+        row.repeat_aucs = [float(row.metrics["auc"]["value"])]  # type: ignore[arg-type]
         rows[name] = row
     return rows
 

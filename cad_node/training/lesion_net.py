@@ -61,6 +61,7 @@ class LesionHead(nn.Module):
         self.drop = nn.Dropout2d(dropout)
         self.mix = nn.Conv2d(2 * width, width, 3, padding=1)
         self.out = nn.Conv2d(width, len(CHANNELS), 1)
+        assert self.out.bias is not None
         nn.init.constant_(self.out.bias, -4.0)  # lesions are rare: start near p = 0.02
 
     def forward(self, s16: torch.Tensor, s32: torch.Tensor) -> torch.Tensor:

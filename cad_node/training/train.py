@@ -477,8 +477,12 @@ def cross_validate(
     result.metrics = M.metrics_with_ci(
         y, oof, thresholds, groups=groups, n_boot=cfg.n_boot, seed=cfg.seed
     )
-    result.repeat_aucs = [float(result.metrics["auc"]["value"])]
+    result.repeat_aucs = [_value(result.metrics["auc"])]
     return result
+
+
+def _value(entry: dict[str, Any]) -> float:
+    return float(entry["value"])
 
 
 def _from_lesion_row(row: LesionResult, y: npt.NDArray[np.int64]) -> ArchResult:
@@ -863,6 +867,7 @@ def _export_lesion(
     """Retrain the lesion head on all films; the breast combiner and the operating point come
     from the cross-validated (out-of-fold) logits, as a new film's logits will look."""
     from cad_node.training import lesion as L
+    from cad_node.training.lesion_net import CHANNELS, STRIDE
 
     run = comparison.lesion_run
     if run is None:
@@ -876,7 +881,7 @@ def _export_lesion(
         lcfg.epochs + lcfg.tail_stages * lcfg.tail_epochs, 1
     )
     oof = run.oof_logits
-    other = L._other_logits(oof, feats.other, all_idx)
+    other = L.other_logits(oof, feats.other, all_idx)
     comb = L.fit_combiner(oof, other, y)
     use_other = chosen.architecture.endswith("+other")
     threshold = M.youden_threshold(y, comb.probability(oof, other if use_other else None))
@@ -889,7 +894,7 @@ def _export_lesion(
         "task": lcfg.task,
         "input": {"spacing_mm": lcfg.spacing_mm, "size": list(lcfg.size), "channels": 1},
         "output": "score+lesion_map",
-        "lesion_map": {"stride": L.STRIDE, "channels": list(L.CHANNELS), "channel": lcfg.channel},
+        "lesion_map": {"stride": STRIDE, "channels": list(CHANNELS), "channel": lcfg.channel},
         "breast_combiner": {**comb.to_dict(), "use_other": use_other},  # read by inference
         "class_names": list(names),
         "positive_class": names[1],
