@@ -63,6 +63,8 @@ def _train(
     bn_train: bool,
     repeats: int,
     feature_cache: Path,
+    lesion_head: str,
+    lesion_channel: str,
     threads: int | None,
     out_dir: Path | None,
     export_name: str | None,
@@ -99,6 +101,8 @@ def _train(
         "bn_train": bn_train,
         "repeats": repeats,
         "feature_cache": feature_cache,
+        "lesion_head": lesion_head,
+        "lesion_channel": lesion_channel,
     }
     for key, value in {
         "image_size": image_size,
@@ -230,6 +234,21 @@ TRAIN_OPTIONS: list[Decorator] = [
         default=Path("var/cache/features"),
         show_default=True,
         help="Where the frozen EfficientNet-Lite0 features are cached between runs.",
+    ),
+    click.option(
+        "--lesion-head",
+        type=click.Choice(["conv", "linear"]),
+        default="conv",
+        show_default=True,
+        help="lite0-lesion: a 3x3 convolutional head, or a per-cell linear one.",
+    ),
+    click.option(
+        "--lesion-channel",
+        type=click.Choice(["task", "abnormal"]),
+        default="task",
+        show_default=True,
+        help="lite0-lesion: the map that scores a film: the task's own, or the "
+        "any-abnormality map (more training lesions) also for the malignant task.",
     ),
     click.option("--threads", type=int, help="torch CPU threads."),
     click.option("--out-dir", type=_PATH, help="Reports folder [var/training/TASK-TIME]."),

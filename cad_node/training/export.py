@@ -85,11 +85,13 @@ def model_card(manifest: Mapping[str, Any]) -> str:
         else ""
     )
     mias = "mini-MIAS" in str(data.get("description", ""))
+    lesion = manifest.get("output") == "score+lesion_map"
     limitation = (
-        "- Trained on digitised screen-film MLO views (mini-MIAS, 400 µm/pixel after "
-        "downsampling),\n  a small data set from one UK centre in the early 1990s. **Not "
-        "validated on full-field\n  digital mammograms**, on CC views, or on any other "
-        "population; expect the performance to differ.\n"
+        "- Trained on digitised screen-film MLO views (mini-MIAS, "
+        f"{float(manifest['input']['spacing_mm']) * 1000:.0f} µm/pixel as input),\n  a small "
+        "data set from one UK centre in the early 1990s. **Not validated on full-field\n  "
+        "digital mammograms**, on CC views, or on any other population; expect the "
+        "performance to differ.\n"
         if mias
         else "- Validated only by cross-validation on its own training data set; not on "
         "other scanners, views or populations.\n"
@@ -110,18 +112,64 @@ def model_card(manifest: Mapping[str, Any]) -> str:
         if auc and not lo > 0.5
         else ""
     )
+    what = (
+        "Lesion detector and breast classifier for screening mammography: a map of where "
+        f"**{manifest['positive_class']}** findings may be, its local maxima as detections, and "
+        f"a score per breast (**{manifest['positive_class']}** vs "
+        f"**{manifest['class_names'][0]}**)"
+        if lesion
+        else "Binary image classifier for screening mammography: "
+        f"**{manifest['positive_class']}** vs **{manifest['class_names'][0]}** per image"
+    )
+    lesion_lines = ""
+    if lesion:
+        comb = manifest.get("breast_combiner", {})
+        training_info = manifest.get("training", {})
+        lesion_lines = (
+            f"- Backbone: {training_info.get('backbone', 'EfficientNet-Lite0')}; frozen except "
+            f"the {training_info.get('tail_stages', 0)} deepest stage(s). A fully convolutional "
+            f"lesion head gives a map at stride {manifest['lesion_map']['stride']} "
+            "(trained on the lesion discs of `mias_abnormalities.csv` plus the image labels).\n"
+            "- Breast score: logistic regression on the film's logit"
+            + (" and the logit of the same woman's other breast" if comb.get("use_other") else "")
+            + ", fitted on out-of-fold logits.\n"
+        )
+    froc = metrics.get("froc")
+    froc_line = ""
+    if froc:
+        pairs = ", ".join(
+            f"{float(sv):.2f} at {float(fp):g}"
+            for fp, sv in zip(froc["fp_per_image"], froc["sensitivity"], strict=True)
+        )
+        froc_line = (
+            f"\nFROC of the out-of-fold detections over {froc['n_lesions']} annotated lesions "
+            f"(sensitivity at false positives per image): {pairs}.\n"
+        )
+    repeats = metrics.get("repeat_aucs") or []
+    repeat_line = (
+        f"\nAUC over {len(repeats)} repeats with other training seeds: "
+        + ", ".join(f"{float(a):.3f}" for a in repeats)
+        + ".\n"
+        if len(repeats) > 1
+        else ""
+    )
+    resolution = (
+        "- Detections come on a 16-pixel grid: small or faint calcification clusters are often "
+        "missed."
+        if lesion
+        else "- Whole-image classification at low resolution: microcalcifications are largely "
+        "invisible."
+    )
     return f"""# {manifest["name"]} {manifest["version"]}
 {smoke}
-Binary image classifier for screening mammography: **{manifest["positive_class"]}** vs
-**{manifest["class_names"][0]}** per image. Output is decision support for a radiologist,
-**not a diagnosis**.
+{what}. Output is decision support for a radiologist, **not a diagnosis**.
 
 ## Model
 - Architecture: `{manifest["architecture"]}` ({params_text} parameters),
   kwargs `{json.dumps(manifest["architecture_kwargs"])}`
-- Input: {spacing} mm/pixel, {shape} pixels, through `cad_node.inference.preprocess`
-- Operating threshold on the sigmoid output: {manifest["threshold"]:.4f}
-  (chosen by Youden's J on out-of-fold cross-validation predictions)
+{lesion_lines}- Input: {spacing} mm/pixel, {shape} pixels, through `cad_node.inference.preprocess`
+- Operating threshold on the {"breast probability" if lesion else "sigmoid output"}: \
+{manifest["threshold"]:.4f} (Youden's J on out-of-fold cross-validation predictions)
 - Final weights: retrained on all training images with the cross-validated recipe; the
   metrics below are those of the cross-validated fold models, not of these exact weights.
 
@@ -137,15 +185,14 @@ Binary image classifier for screening mammography: **{manifest["positive_class"]
 | metric | value |
 |---|---|
 {rows}
-{fold_line}{chance}
+{fold_line}{froc_line}{repeat_line}{chance}
 ## Intended use
 Research and development of the cad-node pipeline: a second reader's prompt on screening
-mammograms, for a radiologist who makes every decision.
+mammograms (digitised film), for a radiologist who makes every decision. Decision support, not
+a diagnosis; not validated on digital mammograms.
 
 ## Limitations
-{
-        limitation
-    }- Whole-image classification at low resolution: microcalcifications are largely invisible.
+{limitation}{resolution}
 - Confidence intervals are wide because the data set is small.
 - Decision support, not a diagnosis; not a medical device.
 {reproduce}{citation}"""

@@ -77,6 +77,9 @@ class LesionConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-2
     head_width: int = 32
+    head: str = "conv"
+    score_channel: str = "task"
+    """Map channel that scores a film: ``task`` (the task's own) or ``abnormal``."""
     top_k_fraction: float = 0.01
     dropout: float = 0.2
     pos_weight: float = 10.0
@@ -92,7 +95,14 @@ class LesionConfig:
 
     @property
     def channel(self) -> int:
-        """Map channel of the task (0 abnormal, 1 malignant)."""
+        """Map channel that scores a film (0 abnormal, 1 malignant)."""
+        if self.score_channel == "abnormal" or self.task == "abnormal":
+            return CHANNELS.index("abnormal")
+        return CHANNELS.index("malignant")
+
+    @property
+    def label_column(self) -> int:
+        """Column of :attr:`FeatureSet.labels` that holds the task's targets."""
         return CHANNELS.index("malignant" if self.task == "malignant" else "abnormal")
 
     def net_kwargs(self) -> dict[str, Any]:
@@ -100,6 +110,7 @@ class LesionConfig:
         return {
             "channel": self.channel,
             "head_width": self.head_width,
+            "head": self.head,
             "top_k_fraction": self.top_k_fraction,
             "dropout": self.dropout,
         }
@@ -517,7 +528,7 @@ def cross_validate_lesion(
     Also returns out-of-fold image logits in the result's ``scores`` of a hidden row
     ``_logits`` (used to fit the exported model's combiner).
     """
-    y = feats.labels[:, cfg.channel]
+    y = feats.labels[:, cfg.label_column]
     n = len(y)
     rows: dict[str, LesionResult] = {}
     all_aucs: dict[str, list[float]] = {"lite0-lesion": [], "lite0-lesion+other": []}
@@ -621,7 +632,7 @@ def cross_validate_global(
     from sklearn.preprocessing import StandardScaler
 
     x = global_features(feats)
-    y = feats.labels[:, cfg.channel]
+    y = feats.labels[:, cfg.label_column]
     n = len(y)
 
     def fit(idx: npt.NDArray[np.int64]) -> Any:

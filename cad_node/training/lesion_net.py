@@ -52,21 +52,33 @@ def top_k_pool(maps: torch.Tensor, mask: torch.Tensor, fraction: float) -> torch
 
 
 class LesionHead(nn.Module):
-    """Stride-16 and stride-32 features -> two lesion-logit maps at stride 16."""
+    """Stride-16 and stride-32 features -> two lesion-logit maps at stride 16.
 
-    def __init__(self, width: int = 32, dropout: float = 0.2) -> None:
+    ``kind="conv"`` mixes the reduced features with a 3x3 convolution; ``"linear"`` is a
+    per-cell linear model of the same features (no hidden layer).
+    """
+
+    def __init__(self, width: int = 32, dropout: float = 0.2, kind: str = "conv") -> None:
         super().__init__()
-        self.reduce16 = nn.Conv2d(STRIDE16_CHANNELS, width, 1)
-        self.reduce32 = nn.Conv2d(HEAD_CHANNELS, width, 1)
+        if kind not in ("conv", "linear"):
+            raise ValueError(f"unknown lesion head {kind!r}")
+        self.kind = kind
+        out_width = len(CHANNELS) if kind == "linear" else width
+        self.reduce16 = nn.Conv2d(STRIDE16_CHANNELS, out_width, 1)
+        self.reduce32 = nn.Conv2d(HEAD_CHANNELS, out_width, 1)
         self.drop = nn.Dropout2d(dropout)
-        self.mix = nn.Conv2d(2 * width, width, 3, padding=1)
-        self.out = nn.Conv2d(width, len(CHANNELS), 1)
-        assert self.out.bias is not None
-        nn.init.constant_(self.out.bias, -4.0)  # lesions are rare: start near p = 0.02
+        self.mix = nn.Conv2d(2 * width, width, 3, padding=1) if kind == "conv" else nn.Identity()
+        self.out = nn.Conv2d(width, len(CHANNELS), 1) if kind == "conv" else nn.Identity()
+        bias = self.reduce16.bias if kind == "linear" else self.out.bias
+        assert isinstance(bias, torch.Tensor)
+        nn.init.constant_(bias, -4.0)  # lesions are rare: start near p = 0.02
 
     def forward(self, s16: torch.Tensor, s32: torch.Tensor) -> torch.Tensor:
         low = self.reduce32(self.drop(s32))
         low = F.interpolate(low, size=s16.shape[2:], mode="bilinear", align_corners=False)
+        if self.kind == "linear":
+            linear: torch.Tensor = self.reduce16(self.drop(s16)) + low
+            return linear
         h = torch.cat([self.reduce16(self.drop(s16)), low], dim=1)
         h = self.mix(F.relu(h))
         out: torch.Tensor = self.out(F.relu(h))
@@ -86,6 +98,7 @@ class LiteLesionNet(nn.Module):
         head_width: int = 32,
         top_k_fraction: float = 0.01,
         dropout: float = 0.2,
+        head: str = "conv",
         pretrained: bool = False,
     ) -> None:
         super().__init__()
@@ -97,7 +110,7 @@ class LiteLesionNet(nn.Module):
             state = {k: v for k, v in rgb.state_dict().items() if not k.startswith("_fc")}
             state["_conv_stem.weight"] = grey_stem_weight(state["_conv_stem.weight"])
             self.backbone.load_state_dict(state, strict=True)
-        self.head = LesionHead(head_width, dropout)
+        self.head = LesionHead(head_width, dropout, head)
         self.trainable_tail = 0
         self.bn_train = False
 

@@ -94,6 +94,8 @@ class TrainConfig:
     bn_train: bool = False
     repeats: int = 1
     feature_cache: Path | None = Path("var/cache/features")
+    lesion_head: str = "conv"
+    lesion_channel: str = "task"
 
     def lesion_config(self) -> LesionConfig:
         """Settings of the EfficientNet-Lite0 family under this configuration."""
@@ -101,6 +103,7 @@ class TrainConfig:
             "task": self.task, "folds": self.folds, "seed": self.seed, "repeats": self.repeats,
             "tail_stages": self.tail_stages, "bn_train": self.bn_train, "n_boot": self.n_boot,
             "progress": self.progress, "cache_dir": self.feature_cache,
+            "head": self.lesion_head, "score_channel": self.lesion_channel,
         }  # fmt: skip
         if self.head_epochs is not None:
             values["epochs"] = self.head_epochs
@@ -528,7 +531,7 @@ def run_lite0_family(
     counts = dsets.mias_finding_counts(cfg.lesions_csv)
     feats = L.build_features(samples, lesions, counts, lcfg)
     groups = np.array([s.patient_id for s in samples])
-    y = feats.labels[:, lcfg.channel]
+    y = feats.labels[:, lcfg.label_column]
     rows: list[ArchResult] = []
     oof_logits = np.full(len(samples), np.nan)
     if LESION_ARCHITECTURE in cfg.architectures:
@@ -873,7 +876,7 @@ def _export_lesion(
     if run is None:
         raise ConfigError("lite0-lesion was not cross-validated in this run")
     lcfg, feats = run.cfg, run.features
-    y = feats.labels[:, lcfg.channel]
+    y = feats.labels[:, lcfg.label_column]
     all_idx = np.arange(len(y))
     start = time.perf_counter()
     net = L.fit_head(feats, all_idx, lcfg, seed=lcfg.seed)
