@@ -149,6 +149,8 @@ class FeatureSet:
     lesions: list[list[dsets.LesionPoint]]
     other: npt.NDArray[np.int64]
     """Index of the same woman's other breast, -1 when there is none."""
+    uncentred: npt.NDArray[np.int64]
+    """Findings without a centre per film (left out of the FROC)."""
 
 
 def disc_targets(
@@ -181,27 +183,75 @@ def other_breast(samples: Sequence[dsets.Sample]) -> npt.NDArray[np.int64]:
     return out
 
 
-def _cache_key(samples: Sequence[dsets.Sample], cfg: LesionConfig) -> str:
+#: Films as the head sees them in training: (mirror top-bottom, gamma, rotation in degrees,
+#: zoom). Variant 0 is the film itself, the only one ever scored; the others are augmentations
+#: used for training films only. Mirroring keeps the chest wall where preprocessing puts it.
+VARIANTS: tuple[tuple[bool, float, float, float], ...] = (
+    (False, 1.0, 0.0, 1.0),
+    (True, 1.0, 0.0, 1.0),
+    (False, 0.8, 6.0, 1.08),
+    (True, 1.25, -6.0, 0.93),
+)
+
+
+def _cache_key(samples: Sequence[dsets.Sample], cfg: LesionConfig, variant: int) -> str:
     items = [(s.sample_id, str(s.path), s.path.stat().st_size, s.laterality) for s in samples]
     blob = json.dumps(
         {
             "items": items,
             "spacing": cfg.spacing_mm,
             "size": cfg.size,
-            "variants": cfg.variants,
+            "variant": VARIANTS[variant],
             "weights": WEIGHTS_FILE,
-            "version": 1,
+            "version": 2,
         }
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _variant(image: npt.NDArray[np.float32], v: int) -> npt.NDArray[np.float32]:
-    return image if v == 0 else np.ascontiguousarray(image[:, ::-1, :])
+def _affine(variant: int, shape: tuple[int, int]) -> tuple[npt.NDArray[np.float64], Any, float]:
+    """Rotation matrix, centre and zoom of a variant on an image of ``shape``."""
+    _, _, angle, zoom = VARIANTS[variant]
+    t = math.radians(angle)
+    rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
+    centre = (np.array(shape, dtype=np.float64) - 1.0) / 2.0
+    return rot, centre, zoom
 
 
-def _flip_points(points: list[dsets.LesionPoint], rows: int) -> list[dsets.LesionPoint]:
-    return [(rows - row, col, r, m) for row, col, r, m in points]
+def augment_image(image: npt.NDArray[np.float32], variant: int) -> npt.NDArray[np.float32]:
+    """A (1, H, W) film as variant ``variant`` (see :data:`VARIANTS`)."""
+    from scipy.ndimage import affine_transform
+
+    mirror, gamma, angle, zoom = VARIANTS[variant]
+    img = np.asarray(image[0], dtype=np.float32)
+    if angle or zoom != 1.0:
+        rot, centre, zoom = _affine(variant, img.shape)
+        inverse = rot.T / zoom
+        img = affine_transform(
+            img, inverse, offset=centre - inverse @ centre, order=1, mode="constant", cval=0.0
+        ).astype(np.float32)
+    if gamma != 1.0:
+        img = np.clip(img, 0.0, 1.0) ** gamma
+    if mirror:
+        img = img[::-1]
+    return np.ascontiguousarray(img[None], dtype=np.float32)
+
+
+def augment_points(
+    points: Sequence[dsets.LesionPoint], variant: int, shape: tuple[int, int]
+) -> list[dsets.LesionPoint]:
+    """Lesions (row, col, radius, malignant) moved as :func:`augment_image` moves the film."""
+    mirror, _, angle, zoom = VARIANTS[variant]
+    out = list(points)
+    if angle or zoom != 1.0:
+        rot, centre, zoom = _affine(variant, shape)
+        out = []
+        for row, col, radius, malignant in points:
+            r, c = zoom * rot @ (np.array([row, col]) - centre) + centre
+            out.append((float(r), float(c), radius * zoom, malignant))
+    if mirror:
+        out = [(shape[0] - row, col, radius, m) for row, col, radius, m in out]
+    return out
 
 
 def build_features(
@@ -215,6 +265,8 @@ def build_features(
     ``finding_counts`` (findings per film, with or without a centre) decides which abnormal
     films have known map targets: those whose every finding has a centre.
     """
+    if not 1 <= cfg.variants <= len(VARIANTS):
+        raise InvalidDatasetError(f"variants must be 1 to {len(VARIANTS)}")
     points = dsets.lesion_points(samples, lesions, cfg.spacing_mm, cfg.size)
     records = [dsets.preprocess_sample(s, cfg.spacing_mm, cfg.size).record for s in samples]
     centred: dict[str, int] = {}
@@ -234,60 +286,62 @@ def build_features(
     h16 = math.ceil(cfg.size[0] / STRIDE)
     w16 = math.ceil(cfg.size[1] / STRIDE)
     target = np.zeros((cfg.variants, len(samples), 2, h16, w16), np.uint8)
+    s16s, s32s, masks = [], [], []
     for v in range(cfg.variants):
         for i, p in enumerate(points):
-            pts = p if v == 0 else _flip_points(p, cfg.size[0])
+            pts = augment_points(p, v, cfg.size)
             target[v, i] = disc_targets(pts, (h16, w16), cfg.min_lesion_radius)
-    key = _cache_key(samples, cfg)
-    cached = _load_cache(cfg.cache_dir, key)
-    if cached is None:
-        s16, s32, mask = _extract(samples, cfg)
-        _save_cache(cfg.cache_dir, key, s16, s32, mask)
-    else:
-        s16, s32, mask = cached
-        log.info("frozen features loaded from cache %s", key)
-    if not cfg.fast:  # in memory as float32: batches are gathered many times per fit
-        s16, s32 = np.asarray(s16, np.float32), np.asarray(s32, np.float32)
+        key = _cache_key(samples, cfg, v)
+        cached = _load_cache(cfg.cache_dir, key)
+        if cached is None:
+            cached = _extract(samples, cfg, v)
+            _save_cache(cfg.cache_dir, key, *cached)
+        else:
+            log.info("frozen features of variant %d loaded from cache %s", v, key)
+        dtype = np.float16 if cfg.fast else np.float32  # float32: gathered many times per fit
+        s16s.append(np.asarray(cached[0], dtype))
+        s32s.append(np.asarray(cached[1], dtype))
+        masks.append(np.asarray(cached[2]))
     return FeatureSet(
-        s16=s16, s32=s32, mask=mask, target=target, known=known, labels=labels,
-        records=records, lesions=points, other=other_breast(samples),
+        s16=np.stack(s16s), s32=np.stack(s32s), mask=np.stack(masks), target=target,
+        known=known, labels=labels, records=records, lesions=points,
+        other=other_breast(samples),
+        uncentred=np.array(
+            [finding_counts.get(s.sample_id, 0) - centred.get(s.sample_id, 0) for s in samples]
+        ),
     )  # fmt: skip
 
 
 def _extract(
-    samples: Sequence[dsets.Sample], cfg: LesionConfig
+    samples: Sequence[dsets.Sample], cfg: LesionConfig, variant: int
 ) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.float16], npt.NDArray[np.bool_]]:
+    """Frozen stride-16 and stride-32 features and breast masks of one variant of each film."""
     net = LiteLesionNet(pretrained=True).eval()
     s16s, s32s, masks = [], [], []
     bar = tqdm(
-        total=cfg.variants * len(samples), desc="frozen features", unit="img",
+        total=len(samples), desc=f"frozen features (variant {variant})", unit="img",
         disable=not cfg.progress,
     )  # fmt: skip
     with torch.inference_mode():
-        for v in range(cfg.variants):
-            for start in range(0, len(samples), 4):
-                chunk = samples[start : start + 4]
-                x = np.stack(
-                    [
-                        _variant(dsets.preprocess_sample(s, cfg.spacing_mm, cfg.size).image, v)
-                        for s in chunk
-                    ]
-                ).astype(np.float32)
-                xt = torch.from_numpy(x)
-                s16 = net.encode_s16(xt)
-                s32 = net.tail(s16)
-                s16s.append(s16.half().numpy())
-                s32s.append(s32.half().numpy())
-                masks.append(breast_cells(xt).numpy())
-                bar.update(len(chunk))
+        for start in range(0, len(samples), 4):
+            chunk = samples[start : start + 4]
+            x = np.stack(
+                [
+                    augment_image(
+                        dsets.preprocess_sample(s, cfg.spacing_mm, cfg.size).image, variant
+                    )
+                    for s in chunk
+                ]
+            ).astype(np.float32)
+            xt = torch.from_numpy(x)
+            s16 = net.encode_s16(xt)
+            s32 = net.tail(s16)
+            s16s.append(s16.half().numpy())
+            s32s.append(s32.half().numpy())
+            masks.append(breast_cells(xt).numpy())
+            bar.update(len(chunk))
     bar.close()
-    n = len(samples)
-
-    def stack(parts: list[Any]) -> Any:
-        flat = np.concatenate(parts)
-        return flat.reshape(cfg.variants, n, *flat.shape[1:])
-
-    return stack(s16s), stack(s32s), stack(masks)
+    return np.concatenate(s16s), np.concatenate(s32s), np.concatenate(masks)
 
 
 def _load_cache(
@@ -580,7 +634,8 @@ def cross_validate_lesion(
             [np.asarray(feats.mask[0, i]) for i in range(n)],
             [task_lesions(p, cfg.task) for p in feats.lesions],
         )
-        froc_result["n_lesions_without_centre"] = int((~feats.known & (y == 1)).sum())
+        # findings without a centre on the films positive for the task
+        froc_result["n_findings_without_centre"] = int(feats.uncentred[y == 1].sum())
         for name, scores, thr, fa in (
             ("lite0-lesion", alone, t_alone, fold_aucs["alone"]),
             ("lite0-lesion+other", paired, t_paired, fold_aucs["paired"]),

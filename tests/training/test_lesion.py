@@ -9,6 +9,9 @@ import numpy as np
 from cad_node.training import datasets as dsets
 from cad_node.training.lesion import (
     STRIDE,
+    VARIANTS,
+    augment_image,
+    augment_points,
     build_features,
     disc_targets,
     fast_lesion_config,
@@ -92,4 +95,17 @@ def test_features_targets_and_known_maps_of_real_films(mias_dir: Path, tmp_path:
     assert feats.other[ids.index("mdb003")] == ids.index("mdb004")
     cached = build_features(samples, lesions, dsets.mias_finding_counts(lesions_csv), cfg)
     assert np.array_equal(np.asarray(cached.s32), np.asarray(feats.s32))
-    assert len(list(tmp_path.glob("*.npy"))) == 3
+    assert len(list(tmp_path.glob("*.npy"))) == 6  # three arrays per variant
+
+
+def test_every_variant_moves_lesions_with_the_film() -> None:
+    image = np.zeros((1, 128, 96), np.float32)
+    image[0, 30:35, 60:65] = 1.0  # pixels 30-34: centred at 32.5 in continuous coordinates
+    point = [(32.5, 62.5, 3.0, True)]
+    for v in range(len(VARIANTS)):
+        moved = augment_image(image, v)[0]
+        [(row, col, radius, malignant)] = augment_points(point, v, (128, 96))
+        rr, cc = np.nonzero(moved > 0.5)
+        centre = (rr.mean() + 0.5, cc.mean() + 0.5)
+        assert abs(centre[0] - row) <= 1.0 and abs(centre[1] - col) <= 1.0, (v, centre, row, col)
+        assert malignant and radius == 3.0 * VARIANTS[v][3]
