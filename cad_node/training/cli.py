@@ -65,6 +65,7 @@ def _train(
     feature_cache: Path,
     lesion_head: str,
     lesion_channel: str,
+    variants: int | None,
     threads: int | None,
     out_dir: Path | None,
     export_name: str | None,
@@ -103,6 +104,7 @@ def _train(
         "feature_cache": feature_cache,
         "lesion_head": lesion_head,
         "lesion_channel": lesion_channel,
+        "variants": variants,
     }
     for key, value in {
         "image_size": image_size,
@@ -245,10 +247,16 @@ TRAIN_OPTIONS: list[Decorator] = [
     click.option(
         "--lesion-channel",
         type=click.Choice(["task", "abnormal"]),
-        default="task",
+        default="abnormal",
         show_default=True,
         help="lite0-lesion: the map that scores a film: the task's own, or the "
         "any-abnormality map (more training lesions) also for the malignant task.",
+    ),
+    click.option(
+        "--variants",
+        type=click.IntRange(1, 4),
+        help="lite0-lesion: cached training variants of each film: 1 the film, 2 + its "
+        "mirror, 4 + gamma/rotation/zoom versions of both [4; --fast 1].",
     ),
     click.option("--threads", type=int, help="torch CPU threads."),
     click.option("--out-dir", type=_PATH, help="Reports folder [var/training/TASK-TIME]."),

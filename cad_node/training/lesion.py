@@ -78,13 +78,13 @@ class LesionConfig:
     weight_decay: float = 1e-2
     head_width: int = 32
     head: str = "conv"
-    score_channel: str = "task"
+    score_channel: str = "abnormal"
     """Map channel that scores a film: ``task`` (the task's own) or ``abnormal``."""
     top_k_fraction: float = 0.01
     dropout: float = 0.2
     pos_weight: float = 10.0
     min_lesion_radius: float = 12.0
-    variants: int = 2
+    variants: int = 4
     tail_stages: int = 0
     tail_epochs: int = 4
     bn_train: bool = False

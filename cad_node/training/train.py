@@ -95,7 +95,8 @@ class TrainConfig:
     repeats: int = 1
     feature_cache: Path | None = Path("var/cache/features")
     lesion_head: str = "conv"
-    lesion_channel: str = "task"
+    lesion_channel: str = "abnormal"
+    variants: int | None = None
 
     def lesion_config(self) -> LesionConfig:
         """Settings of the EfficientNet-Lite0 family under this configuration."""
@@ -107,6 +108,8 @@ class TrainConfig:
         }  # fmt: skip
         if self.head_epochs is not None:
             values["epochs"] = self.head_epochs
+        if self.variants is not None:
+            values["variants"] = self.variants
         return fast_lesion_config(**values) if self.fast else LesionConfig(**values)
 
     @property
