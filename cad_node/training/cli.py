@@ -133,9 +133,10 @@ def _train(
         if benchmark:
             timings = T.time_epochs(samples, cfg)
             for arch, t in timings.items():
+                size = "lite0 input" if arch.startswith("lite0") else f"{cfg.image_size} px"
                 click.echo(
                     f"{arch}: {t['seconds']:.1f} s/epoch ({len(samples)} images, "
-                    f"{cfg.image_size} px, {int(t['parameters']):,} parameters)"
+                    f"{size}, {int(t['parameters']):,} parameters)"
                 )
             return
         if out_dir is None:

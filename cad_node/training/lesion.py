@@ -3,13 +3,16 @@
 Protocol (every number below comes from data split by patient):
 
 1. Each film is preprocessed once at the model's spacing and size; the frozen ImageNet
-   backbone's stride-16 and stride-32 features of the film and of its top-bottom mirror image
-   (the augmentation that keeps the chest wall where preprocessing puts it) are computed once and
-   cached on disk.
+   backbone's stride-16 and stride-32 features of the film and of up to three augmented versions
+   (:data:`VARIANTS`: its top-bottom mirror, which keeps the chest wall where preprocessing puts
+   it, and gamma / small rotation and zoom versions of both) are computed once and cached on
+   disk. Only training films are ever seen in an augmented version.
 2. The lesion head is trained on the lesion discs of ``mias_abnormalities.csv`` (cells inside a
    disc are lesion, the breast cells of normal films and outside the discs are background) plus
-   the image labels through a top-k pool of the map (multiple-instance learning). Films whose
-   findings have no centre contribute their image label only. Optionally the deepest backbone
+   the image labels through a top-k pool of the map (multiple-instance learning), on two maps:
+   any abnormality and malignant. Films whose findings have no centre contribute their image
+   label only. A film is scored by one map (by default the any-abnormality map, which learns
+   from all lesions, also for the malignant task). Optionally the deepest backbone
    stages are then unfrozen, one stage at a time, each at a lower learning rate.
 3. The breast score is a logistic regression on the film's image logit and the logit of the
    same woman's other breast, fitted on inner cross-validated logits of the training folds

@@ -944,14 +944,52 @@ def _export_lesion(
 def time_epochs(samples: list[dsets.Sample], cfg: TrainConfig) -> dict[str, dict[str, float]]:
     """Seconds for one augmented training epoch on all images, per architecture."""
     y = dsets.targets(samples, cfg.task)
-    images = dsets.preprocess_samples(samples, cfg.spacing_mm, cfg.size, progress=cfg.progress)
+    whole = [a for a in cfg.architectures if a not in LITE0_ARCHITECTURES]
     idx = np.arange(len(samples))
+    out: dict[str, dict[str, float]] = {}
+    if LESION_ARCHITECTURE in cfg.architectures:
+        out.update(_time_lesion_epochs(samples, cfg))
+    if not whole:
+        return out
+    images = dsets.preprocess_samples(samples, cfg.spacing_mm, cfg.size, progress=cfg.progress)
     one = dataclasses.replace(cfg, epochs=1)
-    out = {}
-    for arch in cfg.architectures:
+    for arch in whole:
         model, _, seconds = fit(
             arch, cfg.kwargs_for(arch), images, y, idx, idx[:0], one, seed=cfg.seed, desc=arch
         )
         out[arch] = {"seconds": seconds, "parameters": float(count_parameters(model))}
         log.info("%s: %.1f s for one epoch of %d images", arch, seconds, len(samples))
     return out
+
+
+def _time_lesion_epochs(
+    samples: list[dsets.Sample], cfg: TrainConfig
+) -> dict[str, dict[str, float]]:
+    """Seconds for one lesion-head epoch on all films, and for one epoch of each unfrozen
+    tail stage (features cached first, as in cross-validation)."""
+    from cad_node.training import lesion as L
+
+    if cfg.lesions_csv is None:
+        raise ConfigError("timing lite0-lesion needs --lesions")
+    lcfg = cfg.lesion_config()
+    height = int(dsets.read_pixels(samples[0]).shape[0])
+    lesions = dsets.load_mias_lesions(cfg.lesions_csv, size=height)
+    feats = L.build_features(samples, lesions, dsets.mias_finding_counts(cfg.lesions_csv), lcfg)
+    idx = np.arange(len(samples))
+    params = float(sum(p.numel() for p in L.LiteLesionNet(**lcfg.net_kwargs()).parameters()))
+    totals = []
+    for stages in range(3):
+        one = dataclasses.replace(lcfg, epochs=1, tail_epochs=1, tail_stages=stages)
+        start = time.perf_counter()
+        L.fit_head(feats, idx, one, seed=cfg.seed)
+        totals.append(time.perf_counter() - start)
+    # fit k runs one head epoch and one epoch of each of the first k tail stages
+    return {
+        "lite0-lesion head": {"seconds": totals[0], "parameters": params},
+        "lite0-lesion tail stage 1 (stage 7 + head conv)": {
+            "seconds": totals[1] - totals[0], "parameters": params,
+        },
+        "lite0-lesion tail stage 2 (stages 6-7)": {
+            "seconds": totals[2] - totals[1], "parameters": params,
+        },
+    }  # fmt: skip

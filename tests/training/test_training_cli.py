@@ -182,3 +182,24 @@ def test_evaluate_lesion_model_with_froc(
     assert set(payload) >= EVAL_KEYS | {"froc"}
     assert payload["froc"]["n_lesions"] == 3
     assert payload["froc"]["n_findings_without_centre"] == 0
+
+
+def test_benchmark_times_the_lesion_head_and_each_tail_stage(
+    mias_dir: Path, mias_1024_subset_csv: Path, tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(
+        train_command,
+        [
+            "--labels", str(mias_1024_subset_csv),
+            "--images-root", str(mias_dir),
+            "--fast",
+            "--architectures", "lite0-lesion",
+            "--lesions", str(mias_dir / "mias_abnormalities.csv"),
+            "--feature-cache", str(tmp_path),
+            "--benchmark",
+            "--no-progress",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "lite0-lesion head:" in result.output
+    assert "tail stage 1" in result.output and "tail stage 2" in result.output
