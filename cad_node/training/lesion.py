@@ -161,8 +161,8 @@ def disc_targets(
 ) -> npt.NDArray[np.uint8]:
     """(2, h, w) stride-16 targets: cells whose centre lies in a lesion disc (any, malignant)."""
     h, w = shape
-    rows = (np.arange(h) + 0.5) * STRIDE
-    cols = (np.arange(w) + 0.5) * STRIDE
+    rows = (np.arange(h) + 0.5) * STRIDE - 0.5  # cell centres, in pixel-index coordinates
+    cols = (np.arange(w) + 0.5) * STRIDE - 0.5
     rr, cc = np.meshgrid(rows, cols, indexing="ij")
     out = np.zeros((2, h, w), np.uint8)
     for row, col, radius, malignant in points:
@@ -253,7 +253,7 @@ def augment_points(
             r, c = zoom * rot @ (np.array([row, col]) - centre) + centre
             out.append((float(r), float(c), radius * zoom, malignant))
     if mirror:
-        out = [(shape[0] - row, col, radius, m) for row, col, radius, m in out]
+        out = [(shape[0] - 1 - row, col, radius, m) for row, col, radius, m in out]
     return out
 
 

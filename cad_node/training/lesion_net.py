@@ -165,7 +165,11 @@ class LiteLesionNet(nn.Module):
 
 @dataclass(frozen=True)
 class Detection:
-    """A local maximum of a lesion map: centre (row, col) and radius in model pixels."""
+    """A local maximum of a lesion map: centre (row, col) and radius in model pixels.
+
+    Coordinates are pixel indices (the first pixel's centre is 0), like
+    :meth:`PreprocessRecord.model_to_source` expects.
+    """
 
     row: float
     col: float
@@ -209,8 +213,8 @@ def detections_from_map(
         cells = int((window >= 0.5 * p[r, c]).sum())
         out.append(
             Detection(
-                row=(r + 0.5) * stride,
-                col=(c + 0.5) * stride,
+                row=(r + 0.5) * stride - 0.5,  # the cell's centre in pixel-index coordinates
+                col=(c + 0.5) * stride - 0.5,
                 radius=max(math.sqrt(cells / math.pi), 0.5) * stride,
                 score=float(p[r, c]),
             )

@@ -976,7 +976,7 @@ def _time_lesion_epochs(
     lesions = dsets.load_mias_lesions(cfg.lesions_csv, size=height)
     feats = L.build_features(samples, lesions, dsets.mias_finding_counts(cfg.lesions_csv), lcfg)
     idx = np.arange(len(samples))
-    params = float(sum(p.numel() for p in L.LiteLesionNet(**lcfg.net_kwargs()).parameters()))
+    params = float(count_parameters(build_model(LESION_ARCHITECTURE, **lcfg.net_kwargs())))
     totals = []
     for stages in range(3):
         one = dataclasses.replace(lcfg, epochs=1, tail_epochs=1, tail_stages=stages)

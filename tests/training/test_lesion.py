@@ -100,12 +100,12 @@ def test_features_targets_and_known_maps_of_real_films(mias_dir: Path, tmp_path:
 
 def test_every_variant_moves_lesions_with_the_film() -> None:
     image = np.zeros((1, 128, 96), np.float32)
-    image[0, 30:35, 60:65] = 1.0  # pixels 30-34: centred at 32.5 in continuous coordinates
-    point = [(32.5, 62.5, 3.0, True)]
+    image[0, 30:35, 60:65] = 1.0  # pixels 30-34: centred at pixel 32
+    point = [(32.0, 62.0, 3.0, True)]
     for v in range(len(VARIANTS)):
         moved = augment_image(image, v)[0]
         [(row, col, radius, malignant)] = augment_points(point, v, (128, 96))
         rr, cc = np.nonzero(moved > 0.5)
-        centre = (rr.mean() + 0.5, cc.mean() + 0.5)
+        centre = (rr.mean(), cc.mean())
         assert abs(centre[0] - row) <= 1.0 and abs(centre[1] - col) <= 1.0, (v, centre, row, col)
         assert malignant and radius == 3.0 * VARIANTS[v][3]

@@ -40,8 +40,8 @@ def test_detections_are_local_maxima_inside_the_breast_best_first() -> None:
     mask[0, 7] = False
     found = detections_from_map(prob, mask, min_score=0.1)
     assert [(d.row, d.col) for d in found] == [
-        (2.5 * STRIDE, 3.5 * STRIDE),
-        (6.5 * STRIDE, 6.5 * STRIDE),
+        (2.5 * STRIDE - 0.5, 3.5 * STRIDE - 0.5),
+        (6.5 * STRIDE - 0.5, 6.5 * STRIDE - 0.5),
     ]
     assert found[0].score == 0.9 and found[0].radius > found[1].radius
 
