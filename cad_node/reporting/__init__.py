@@ -11,6 +11,12 @@ All are built with highdicom, filed in the analysed study, each kind in a new se
 algorithm in Contributing Equipment, say they are decision support and not a diagnosis, and
 reference every analysed source instance. Content is the same for the same input except
 UIDs, dates and times.
+
+When the algorithm localises (``Algorithm.localises``, from the model's lesion map), each
+detection of an image is reported in all three: a TID 4006 Single Image Finding with its
+centre and circle in the CAD SR (Summary of Detections "Succeeded"), a TID 1410 Planar ROI
+group in the TID 1500 SR, and a circle with its score on the heatmap. Otherwise the CAD SR
+says detection was Not Attempted, and detections in the analysis are refused.
 """
 
 from __future__ import annotations

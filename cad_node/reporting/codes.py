@@ -94,6 +94,21 @@ PARTIALLY_SUCCEEDED: Final = _dcm("111223", "Partially Succeeded")
 FAILED: Final = _dcm("111224", "Failed")
 NOT_ATTEMPTED: Final = _dcm("111225", "Not Attempted")
 
+# TID 4015/4017 CAD Detections Performed
+SUCCESSFUL_DETECTIONS: Final = _dcm("111063", "Successful Detections")
+FAILED_DETECTIONS: Final = _dcm("111025", "Failed Detections")
+DETECTION_PERFORMED: Final = _dcm("111022", "Detection Performed")
+
+# TID 4006 Mammography CAD Single Image Finding and TID 4021 Mammography CAD Geometry
+SINGLE_IMAGE_FINDING: Final = _dcm("111059", "Single Image Finding")
+CERTAINTY_OF_FINDING: Final = _dcm("111012", "Certainty of Finding")  # CID 6048
+CENTER: Final = _dcm("111010", "Center")  # CID 219
+OUTLINE: Final = _dcm("111041", "Outline")  # CID 219
+DETECTION_FINDING: Final = _dcm("111099", "Selected region")  # CID 6014
+"""What a detection is called (CID 6014): the lesion map localises a suspicious region but
+does not say whether it is a density, a calcification cluster or a distortion, so the generic
+"Selected region" is used rather than a lesion type the model does not report."""
+
 # CID 6043 Types of Mammography CAD Analysis
 INDIVIDUAL_IMPRESSION_ANALYSIS: Final = _dcm(
     "111233", "Individual Impression/Recommendation Analysis"
@@ -122,6 +137,8 @@ NO: Final = _sct("373067005", "No")
 # --- Units (UCUM) and equipment ------------------------------------------------------------
 NO_UNITS: Final = Code("1", "UCUM", "no units")
 """The score is a probability in [0, 1], so it carries no unit (CID 7181)."""
+PERCENT: Final = Code("%", "UCUM", "Percent")
+"""TID 4006 fixes Certainty of Finding in percent, 0-100 (CID 7181)."""
 PROCESSING_EQUIPMENT: Final = _dcm("109102", "Processing Equipment")  # CID 7005
 SOURCE_IMAGE_FOR_PROCESSING: Final = _dcm(
     "121322", "Source image for image processing operation"

@@ -5,9 +5,12 @@ Pure helpers over header datasets; no pixel data is read here.
 
 from __future__ import annotations
 
+import logging
+import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final
 
 from highdicom import ContributingEquipment
@@ -27,6 +30,8 @@ from cad_node.reporting import codes
 
 if TYPE_CHECKING:
     from cad_node.inference.model import CadModel
+
+log = logging.getLogger(__name__)
 
 MANUFACTURER: Final = "cad-node"
 MAMMOGRAPHY_CAD_SR_SERIES: Final = 9001
@@ -77,6 +82,8 @@ class Algorithm:
     manufacturer: str = MANUFACTURER
     caveat: str = ""
     """:data:`NOT_VALIDATED` for a model that is not validated, said in every object; else empty."""
+    localises: bool = False
+    """The model gives lesion detections (a lesion map); else it scores images only."""
 
     def __post_init__(self) -> None:
         if not self.name.strip() or not self.version.strip():
@@ -91,7 +98,13 @@ class Algorithm:
         from cad_node.inference.model import validation_warning
 
         caveat = NOT_VALIDATED if validation_warning(model.manifest) else ""
-        return cls(model.name, model.version, model.threshold, caveat=caveat)
+        return cls(
+            model.name,
+            model.version,
+            model.threshold,
+            caveat=caveat,
+            localises=model.has_lesion_map,
+        )
 
     @property
     def caveat_sentence(self) -> str:
@@ -226,11 +239,88 @@ def header(ds: Dataset) -> Dataset:
 
 
 @dataclass(frozen=True)
+class Detection:
+    """One lesion detection on its source image.
+
+    ``x`` (column), ``y`` (row) and ``radius`` are in source pixels with pixel centres at
+    whole numbers (array indices), as the analysis gives them; ``score`` is in [0, 1].
+    """
+
+    x: float
+    y: float
+    radius: float
+    score: float
+
+    def __post_init__(self) -> None:
+        values = (self.x, self.y, self.radius, self.score)
+        if not all(math.isfinite(v) for v in values):
+            raise ReportingError(f"detection has a value that is not finite: {self!r}")
+        if self.radius <= 0.0:
+            raise ReportingError(f"detection radius {self.radius!r} is not positive")
+        if not 0.0 <= self.score <= 1.0:
+            raise ReportingError(f"detection score {self.score!r} is outside [0, 1]")
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, float]) -> Detection:
+        """From the analysis' ``{"x", "y", "radius", "score"}``."""
+        try:
+            return cls(
+                float(value["x"]),
+                float(value["y"]),
+                float(value["radius"]),
+                float(value["score"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReportingError(f"malformed detection {value!r}: {exc}") from exc
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        """The centre as DICOM Graphic Data ``(column, row)``: the top left pixel's centre is
+        (0.5, 0.5) (PS3.3 C.18.6.1.2), so half a pixel is added to the array indices."""
+        return self.x + 0.5, self.y + 0.5
+
+    def circumference(self, columns: int) -> tuple[float, float]:
+        """A point on the circle, ``radius`` to the right of the centre, or to the left
+        where the right one would leave the image."""
+        cx, cy = self.centre
+        return (cx + self.radius, cy) if cx + self.radius <= columns else (cx - self.radius, cy)
+
+
+@dataclass(frozen=True)
 class AnalysedImage:
     """One analysed image with its source header."""
 
     result: ImageResult
     source: Dataset
+
+    @cached_property
+    def detections(self) -> list[Detection]:
+        """The image's detections, validated, with centres kept on the image.
+
+        A centre off the image (a peak of the lesion map in the padding around the breast)
+        is moved to the nearest edge pixel, so that the mark stays where a viewer shows it.
+
+        Raises:
+            ReportingError: a detection is malformed.
+        """
+        rows, columns = int(self.source.Rows), int(self.source.Columns)
+        found = []
+        for d in (Detection.from_dict(v) for v in self.result.detections):
+            if not (-0.5 <= d.x <= columns - 0.5 and -0.5 <= d.y <= rows - 0.5):
+                x = min(max(d.x, 0.0), columns - 1.0)
+                y = min(max(d.y, 0.0), rows - 1.0)
+                log.warning(
+                    "detection at x=%s, y=%s is off image %s (%d columns, %d rows); "
+                    "reported at its nearest edge pixel",
+                    d.x,
+                    d.y,
+                    self.result.sop_instance_uid,
+                    columns,
+                    rows,
+                )
+                d = Detection(x, y, d.radius, d.score)
+            found.append(d)
+        return found
 
     @property
     def laterality(self) -> Laterality:
@@ -261,6 +351,15 @@ class Inputs:
 
     def breast_images(self, laterality: Laterality) -> list[AnalysedImage]:
         return [i for i in self.images if i.laterality == laterality]
+
+    def check_localisation(self, algorithm: Algorithm) -> None:
+        """Refuse detections from an algorithm that does not localise (they would be
+        reported beside "Summary of Detections: Not Attempted")."""
+        if not algorithm.localises and any(i.result.detections for i in self.images):
+            raise ReportingError(
+                f"the analysis has detections but {algorithm.label} does not localise; "
+                "build the Algorithm with localises=True"
+            )
 
 
 def _view_rank(view: str) -> int:

@@ -19,11 +19,24 @@ A.35.5-2 are used. The tree::
             INFERRED FROM   NUM Probability of cancer per image, INFERRED FROM its IMAGE
           CONTAINS CODE    Suspicious at the operating threshold (99CADNODE) = Yes/No
           CONTAINS TEXT    Impression Description, with the decision-support statement
-      CONTAINS CODE Summary of Detections = Not Attempted (the model does not localise)
+          CONTAINS CODE    Single Image Finding = Selected region, per detection (TID 4006)
+            HAS CONCEPT MOD  Rendering Intent: required when the breast is suspicious and
+                             the detection's score reaches the threshold, else optional
+            HAS PROPERTIES   Algorithm Name/Version/Parameters (TID 4019)
+            HAS PROPERTIES   NUM Certainty of Finding, the detection score in percent
+            HAS PROPERTIES   SCOORD Center (POINT) and Outline (CIRCLE) (TID 4021),
+                             each SELECTED FROM its IMAGE
+      CONTAINS CODE Summary of Detections (CID 6042): Not Attempted unless the model localises
+        INFERRED FROM CONTAINER Successful Detections / Failed Detections (TID 4015)
+          CONTAINS CODE Detection Performed (TID 4017), HAS PROPERTIES algorithm, images
       CONTAINS CODE Summary of Analyses (CID 6042)
         INFERRED FROM CONTAINER Successful Analyses / Failed Analyses (TID 4016)
           CONTAINS CODE Analysis Performed (TID 4018), HAS PROPERTIES algorithm, images
       CONTAINS TEXT Comment: decision support, not a diagnosis; views missing or not analysed
+
+Graphic Data is in the source image's pixels, column\\row, with the centre of the top left
+pixel at 0.5\\0.5 (PS3.3 C.18.6.1.2); detections come as array indices, so half a pixel is
+added (:attr:`Detection.centre`).
 """
 
 from __future__ import annotations
@@ -31,16 +44,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
+import numpy as np
 from highdicom.sr import (
     CodeContentItem,
     ContainerContentItem,
     ContentItem,
     ContentSequence,
     DateContentItem,
+    GraphicTypeValues,
     ImageContentItem,
     LanguageOfContentItemAndDescendants,
     NumContentItem,
     RelationshipTypeValues,
+    ScoordContentItem,
     TextContentItem,
     TimeContentItem,
 )
@@ -58,6 +74,7 @@ from cad_node.reporting.common import (
     MAMMOGRAPHY_CAD_SR_SERIES,
     Algorithm,
     AnalysedImage,
+    Detection,
     DocumentRef,
     Inputs,
     patient_orientation,
@@ -71,6 +88,7 @@ HAS_PROPERTIES: Final = RelationshipTypeValues.HAS_PROPERTIES
 HAS_CONCEPT_MOD: Final = RelationshipTypeValues.HAS_CONCEPT_MOD
 HAS_ACQ_CONTEXT: Final = RelationshipTypeValues.HAS_ACQ_CONTEXT
 INFERRED_FROM: Final = RelationshipTypeValues.INFERRED_FROM
+SELECTED_FROM: Final = RelationshipTypeValues.SELECTED_FROM
 
 
 class MammographyCadSR(_SR):
@@ -157,6 +175,54 @@ def _library_entry(image: AnalysedImage) -> ContentItem:
     return _with(_image(ds, codes.SOURCE, CONTAINS), descriptors)
 
 
+def _geometry(image: AnalysedImage, detection: Detection) -> list[ContentItem]:
+    """TID 4021: Center as a POINT and Outline as a CIRCLE, each SELECTED FROM its image."""
+    centre = detection.centre
+    edge = detection.circumference(int(image.source.Columns))
+    shapes = (
+        (codes.CENTER, GraphicTypeValues.POINT, [centre]),
+        (codes.OUTLINE, GraphicTypeValues.CIRCLE, [centre, edge]),
+    )
+    return [
+        _with(
+            ScoordContentItem(
+                concept, kind, np.array(points, dtype=np.float32), relationship_type=HAS_PROPERTIES
+            ),
+            [_image(image.source, codes.SOURCE, SELECTED_FROM)],
+        )
+        for concept, kind, points in shapes
+    ]
+
+
+def finding_required(detection: Detection, breast_suspicious: bool, algorithm: Algorithm) -> bool:
+    """A mark is for presentation when its breast is suspicious and its own score reaches
+    the operating threshold; other marks are optional, so a viewer may hide them."""
+    return breast_suspicious and detection.score >= algorithm.threshold
+
+
+def _finding(
+    image: AnalysedImage, detection: Detection, breast_suspicious: bool, algorithm: Algorithm
+) -> ContentItem:
+    """TID 4006 Single Image Finding of one detection."""
+    required = finding_required(detection, breast_suspicious, algorithm)
+    intent = codes.PRESENTATION_REQUIRED if required else codes.PRESENTATION_OPTIONAL
+    certainty = NumContentItem(
+        codes.CERTAINTY_OF_FINDING,
+        round(detection.score * 100.0, 2),
+        codes.PERCENT,
+        relationship_type=HAS_PROPERTIES,
+    )
+    return _with(
+        CodeContentItem(codes.SINGLE_IMAGE_FINDING, codes.DETECTION_FINDING, CONTAINS),
+        [
+            CodeContentItem(codes.RENDERING_INTENT, intent, HAS_CONCEPT_MOD),
+            *_algorithm_items(algorithm),
+            certainty,
+            *_geometry(image, detection),
+        ],
+    )
+
+
 def _impression(inputs: Inputs, laterality: Laterality, algorithm: Algorithm) -> ContentItem:
     """TID 4003 Individual Impression/Recommendation for one breast."""
     breast = inputs.analysis.breasts[laterality.value]
@@ -189,11 +255,17 @@ def _impression(inputs: Inputs, laterality: Laterality, algorithm: Algorithm) ->
         [CodeContentItem(codes.LATERALITY, codes.LATERALITY_CODE[laterality], HAS_CONCEPT_MOD)],
     )
     flag = CodeContentItem(codes.SUSPICIOUS, codes.YES if breast.suspicious else codes.NO, CONTAINS)
+    findings = [
+        _finding(image, detection, breast.suspicious, algorithm)
+        for image in inputs.breast_images(laterality)
+        for detection in (image.detections if algorithm.localises else [])
+    ]
     verdict = "at or above" if breast.suspicious else "below"
+    marks = f" Localised findings: {len(findings)}." if algorithm.localises else ""
     description = TextContentItem(
         codes.IMPRESSION_DESCRIPTION,
         f"{BREAST_NAME[laterality]}: score {score_text(breast.score)}, {verdict} the operating "
-        f"threshold {algorithm.threshold:g} of {algorithm.label}. {DECISION_SUPPORT}",
+        f"threshold {algorithm.threshold:g} of {algorithm.label}.{marks} {DECISION_SUPPORT}",
         CONTAINS,
     )
     intent = codes.PRESENTATION_REQUIRED if breast.suspicious else codes.PRESENTATION_OPTIONAL
@@ -210,6 +282,7 @@ def _impression(inputs: Inputs, laterality: Laterality, algorithm: Algorithm) ->
             score,
             flag,
             description,
+            *findings,
         ],
     )
 
@@ -228,33 +301,65 @@ def _summary_code(inputs: Inputs) -> Code:
     return codes.ALL_SUCCEEDED_WITH_FINDINGS if findings else codes.ALL_SUCCEEDED_WITHOUT_FINDINGS
 
 
-def _analyses(inputs: Inputs, algorithm: Algorithm) -> ContentItem:
-    """Summary of Analyses with TID 4016 Successful / Failed Analyses."""
+def _status(inputs: Inputs) -> Code:
+    """CID 6042 status of an algorithm run over the study's images."""
+    if inputs.images and inputs.failed:
+        return codes.PARTIALLY_SUCCEEDED
+    return codes.SUCCEEDED if inputs.images else codes.FAILED
+
+
+def _performed(
+    inputs: Inputs,
+    algorithm: Algorithm,
+    summary: Code,
+    containers: tuple[Code, Code],
+    performed: Code,
+    value: Code,
+) -> ContentItem:
+    """Summary of Detections or of Analyses with its TID 4015/4016 Successful and Failed
+    groups, each holding one TID 4017/4018 run: the algorithm and its images."""
     groups: list[ContentItem] = []
-    for concept, datasets in (
-        (codes.SUCCESSFUL_ANALYSES, [i.source for i in inputs.images]),
-        (codes.FAILED_ANALYSES, inputs.failed),
+    for concept, datasets in zip(
+        containers, ([i.source for i in inputs.images], inputs.failed), strict=True
     ):
         if not datasets:
             continue
-        performed = _with(
-            CodeContentItem(
-                codes.ANALYSIS_PERFORMED, codes.INDIVIDUAL_IMPRESSION_ANALYSIS, CONTAINS
-            ),
+        run = _with(
+            CodeContentItem(performed, value, CONTAINS),
             [
                 *_algorithm_items(algorithm),
                 *[_image(ds, codes.SOURCE, HAS_PROPERTIES) for ds in datasets],
             ],
         )
         container = ContainerContentItem(concept, relationship_type=INFERRED_FROM)
-        groups.append(_with(container, [performed]))
-    if inputs.images and inputs.failed:
-        status = codes.PARTIALLY_SUCCEEDED
-    elif inputs.images:
-        status = codes.SUCCEEDED
-    else:
-        status = codes.FAILED
-    return _with(CodeContentItem(codes.SUMMARY_OF_ANALYSES, status, CONTAINS), groups)
+        groups.append(_with(container, [run]))
+    return _with(CodeContentItem(summary, _status(inputs), CONTAINS), groups)
+
+
+def _analyses(inputs: Inputs, algorithm: Algorithm) -> ContentItem:
+    """Summary of Analyses (TID 4016/4018)."""
+    return _performed(
+        inputs,
+        algorithm,
+        codes.SUMMARY_OF_ANALYSES,
+        (codes.SUCCESSFUL_ANALYSES, codes.FAILED_ANALYSES),
+        codes.ANALYSIS_PERFORMED,
+        codes.INDIVIDUAL_IMPRESSION_ANALYSIS,
+    )
+
+
+def _detections(inputs: Inputs, algorithm: Algorithm) -> ContentItem:
+    """Summary of Detections (TID 4015/4017); Not Attempted when the model does not localise."""
+    if not algorithm.localises:
+        return CodeContentItem(codes.SUMMARY_OF_DETECTIONS, codes.NOT_ATTEMPTED, CONTAINS)
+    return _performed(
+        inputs,
+        algorithm,
+        codes.SUMMARY_OF_DETECTIONS,
+        (codes.SUCCESSFUL_DETECTIONS, codes.FAILED_DETECTIONS),
+        codes.DETECTION_PERFORMED,
+        codes.DETECTION_FINDING,
+    )
 
 
 def _comment(inputs: Inputs, algorithm: Algorithm) -> str:
@@ -274,6 +379,7 @@ def _comment(inputs: Inputs, algorithm: Algorithm) -> str:
 
 def content_tree(inputs: Inputs, algorithm: Algorithm) -> ContainerContentItem:
     """The TID 4000 root container of an analysis (see the module docstring)."""
+    inputs.check_localisation(algorithm)
     root = ContainerContentItem(
         codes.MAMMOGRAPHY_CAD_REPORT, is_content_continuous=False, template_id="4000"
     )
@@ -298,7 +404,7 @@ def content_tree(inputs: Inputs, algorithm: Algorithm) -> ContainerContentItem:
             ),
             impressions,
         ),
-        CodeContentItem(codes.SUMMARY_OF_DETECTIONS, codes.NOT_ATTEMPTED, CONTAINS),
+        _detections(inputs, algorithm),
         _analyses(inputs, algorithm),
         TextContentItem(codes.COMMENT, _comment(inputs, algorithm), CONTAINS),
     ]

@@ -8,22 +8,34 @@ study, the side and the model, so a re-analysis tracks the same breast. The obse
 context names the algorithm as device observer. There is no image library (TID 1600 would
 need Patient Orientation and Imager Pixel Spacing, which archives often lack); the groups
 reference their source images instead.
+
+After the breasts, one Planar ROI group (TID 1410) per detection of a localising model: a
+tracking identifier ("L-CC finding 1") and UID derived from the study, image, position and
+model; finding "Selected region"; finding site breast with laterality; the image region as
+a SCOORD CIRCLE (centre, point on the circumference) on the source image, in its pixels
+with the top left pixel's centre at 0.5\\0.5; and the detection score as Certainty of
+Finding (unit "1", in [0, 1], as the breast scores here).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 from highdicom.sr import (
     AlgorithmIdentification,
     Comprehensive3DSR,
     FindingSite,
+    GraphicTypeValues,
+    ImageRegion,
     Measurement,
     MeasurementReport,
     MeasurementsAndQualitativeEvaluations,
+    PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     SourceImageForMeasurement,
     SourceImageForMeasurementGroup,
+    SourceImageForRegion,
     TrackingIdentifier,
 )
 from pydicom.dataset import Dataset
@@ -35,6 +47,8 @@ from cad_node.reporting.common import (
     BREAST_NAME,
     MEASUREMENT_REPORT_SERIES,
     Algorithm,
+    AnalysedImage,
+    Detection,
     DocumentRef,
     Inputs,
     ReportingError,
@@ -86,17 +100,62 @@ def _group(
     )
 
 
+def _detection_group(
+    inputs: Inputs, image: AnalysedImage, n: int, detection: Detection, algorithm: Algorithm
+) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 Planar ROI group of one detection: its circle on the source image."""
+    ds = image.source
+    site = FindingSite(codes.BREAST, laterality=codes.LATERALITY_CODE[image.laterality])
+    tracking_uid = generate_uid(
+        entropy_srcs=[
+            inputs.analysis.study_instance_uid,
+            str(ds.SOPInstanceUID),
+            f"{detection.x}/{detection.y}",
+            algorithm.name,
+        ]
+    )
+    region = ImageRegion(
+        graphic_type=GraphicTypeValues.CIRCLE,
+        graphic_data=np.array(
+            [detection.centre, detection.circumference(int(ds.Columns))], dtype=np.float32
+        ),
+        source_image=SourceImageForRegion(ds.SOPClassUID, ds.SOPInstanceUID),
+    )
+    score = Measurement(
+        name=codes.CERTAINTY_OF_FINDING,
+        value=score_value(detection.score),
+        unit=codes.NO_UNITS,
+        algorithm_id=_algorithm_id(algorithm),
+    )
+    return PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=tracking_uid, identifier=f"{image.result.view} finding {n}"
+        ),
+        referenced_region=region,
+        finding_type=codes.DETECTION_FINDING,
+        algorithm_id=_algorithm_id(algorithm),
+        finding_sites=[site],
+        measurements=[score],
+    )
+
+
 def measurement_report(inputs: Inputs, algorithm: Algorithm) -> MeasurementReport:
     """The TID 1500 content of an analysis."""
-    groups = [
+    inputs.check_localisation(algorithm)
+    groups: list[MeasurementsAndQualitativeEvaluations] = [
         _group(inputs, lat, algorithm) for lat in Laterality if lat.value in inputs.analysis.breasts
     ]
     if not groups:
         raise ReportingError("no breast was analysed: a measurement report needs one")
+    regions = [
+        _detection_group(inputs, image, n, detection, algorithm)
+        for image in inputs.images
+        for n, detection in enumerate(image.detections, start=1)
+    ]
     return MeasurementReport(
         observation_context=algorithm.observation_context(),
         procedure_reported=codes.MAMMOGRAPHY,
-        imaging_measurements=groups,
+        imaging_measurements=[*groups, *regions],
     )
 
 
