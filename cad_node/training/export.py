@@ -112,11 +112,14 @@ def model_card(manifest: Mapping[str, Any]) -> str:
         if auc and not lo > 0.5
         else ""
     )
+    lesion_map = manifest.get("lesion_map", {})
+    map_name = (
+        lesion_map.get("channels", ["?"])[int(lesion_map.get("channel", 0))] if lesion else ""
+    )
     what = (
         "Lesion detector and breast classifier for screening mammography: a map of where "
-        f"**{manifest['positive_class']}** findings may be, its local maxima as detections, and "
-        f"a score per breast (**{manifest['positive_class']}** vs "
-        f"**{manifest['class_names'][0]}**)"
+        f"findings ({map_name}) may be, its local maxima as detections, and a score per breast "
+        f"(**{manifest['positive_class']}** vs **{manifest['class_names'][0]}**)"
         if lesion
         else "Binary image classifier for screening mammography: "
         f"**{manifest['positive_class']}** vs **{manifest['class_names'][0]}** per image"
@@ -125,11 +128,13 @@ def model_card(manifest: Mapping[str, Any]) -> str:
     if lesion:
         comb = manifest.get("breast_combiner", {})
         training_info = manifest.get("training", {})
+        tail = int(training_info.get("tail_stages", 0))
+        frozen = f"frozen except its {tail} deepest stage(s)" if tail else "frozen"
         lesion_lines = (
-            f"- Backbone: {training_info.get('backbone', 'EfficientNet-Lite0')}; frozen except "
-            f"the {training_info.get('tail_stages', 0)} deepest stage(s). A fully convolutional "
-            f"lesion head gives a map at stride {manifest['lesion_map']['stride']} "
-            "(trained on the lesion discs of `mias_abnormalities.csv` plus the image labels).\n"
+            f"- Backbone: {training_info.get('backbone', 'EfficientNet-Lite0')}; {frozen}. A "
+            "fully convolutional lesion head gives maps (any abnormality, malignant) at stride "
+            f"{lesion_map.get('stride')}, trained on the lesion discs of `mias_abnormalities.csv` "
+            f"plus the image labels; the {map_name} map scores a film.\n"
             "- Breast score: logistic regression on the film's logit"
             + (" and the logit of the same woman's other breast" if comb.get("use_other") else "")
             + ", fitted on out-of-fold logits.\n"
