@@ -235,6 +235,11 @@ class CadModel:
         return out
 
     @property
+    def detection_threshold(self) -> float:
+        """Lesion-map score from which a local maximum is reported as a detection."""
+        return float(self.manifest.get("lesion_map", {}).get("detection_threshold", 0.5))
+
+    @property
     def map_stride(self) -> int:
         """Model pixels per lesion-map cell."""
         return int(self.manifest.get("lesion_map", {}).get("stride", 1))

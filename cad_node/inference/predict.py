@@ -117,12 +117,14 @@ class StudyAnalysis:
 def _detections_in_source(
     prob: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_], model: CadModel, pre: Preprocessed
 ) -> list[dict[str, float]]:
-    """The lesion map's local maxima above a floor, mapped to source pixels (x = column)."""
+    """The lesion map's local maxima at or above the model's detection threshold, mapped to
+    source pixels (x = column)."""
     from cad_node.training.lesion_net import detections_from_map
 
     out = []
     scale = float(np.mean(pre.record.scale))
-    for d in detections_from_map(prob, mask, min_score=0.05, stride=model.map_stride):
+    floor = model.detection_threshold
+    for d in detections_from_map(prob, mask, min_score=floor, stride=model.map_stride):
         row, col = pre.record.model_to_source(d.row, d.col)
         out.append(
             {

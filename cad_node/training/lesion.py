@@ -539,10 +539,19 @@ def froc(
         curve_sens.append(len(found_ids) / max(lesion_id, 1))
     fps = np.asarray(curve_fp)
     sens = np.asarray(curve_sens)
+    ranked = np.concatenate([[np.inf], np.asarray(scores, dtype=np.float64)[order]])
+    cuts: list[float] = []
     for rate in rates:
-        ok = fps <= rate
-        sens_at.append(float(sens[ok].max()) if ok.any() else 0.0)
-    return {"fp_per_image": list(rates), "sensitivity": sens_at, "n_lesions": lesion_id}
+        ok = np.flatnonzero(fps <= rate)
+        sens_at.append(float(sens[ok].max()) if len(ok) else 0.0)
+        # the lowest detection score still inside this false-positive budget
+        cuts.append(float(ranked[ok[-1]]) if len(ok) > 1 else 1.0)
+    return {
+        "fp_per_image": list(rates),
+        "sensitivity": sens_at,
+        "n_lesions": lesion_id,
+        "score_thresholds": cuts,
+    }
 
 
 def task_lesions(

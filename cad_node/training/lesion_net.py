@@ -203,7 +203,7 @@ def detections_from_map(
             if (dr, dc) != (1, 1)
         ]
     )
-    peaks = (p >= neighbours.max(axis=0)) & mask & (p > min_score)
+    peaks = (p >= neighbours.max(axis=0)) & mask & (p >= min_score) & (p > 0.0)
     rows, cols = np.nonzero(peaks)
     order = np.argsort(-p[rows, cols], kind="stable")[:max_detections]
     out = []

@@ -861,6 +861,13 @@ def export_best(
     return export_model_folder(model, models_dir / name, manifest)
 
 
+def _detection_threshold(froc: dict[str, Any] | None, rate: float = 1.0) -> float:
+    """The map score at which the out-of-fold FROC has ``rate`` false positives per film."""
+    if not froc or "score_thresholds" not in froc:
+        return 0.5
+    return float(froc["score_thresholds"][list(froc["fp_per_image"]).index(rate)])
+
+
 def _export_lesion(
     comparison: Comparison,
     chosen: ArchResult,
@@ -900,7 +907,13 @@ def _export_lesion(
         "task": lcfg.task,
         "input": {"spacing_mm": lcfg.spacing_mm, "size": list(lcfg.size), "channels": 1},
         "output": "score+lesion_map",
-        "lesion_map": {"stride": STRIDE, "channels": list(CHANNELS), "channel": lcfg.channel},
+        "lesion_map": {
+            "stride": STRIDE,
+            "channels": list(CHANNELS),
+            "channel": lcfg.channel,
+            # detections at or above it: 1 false positive per film in cross-validation
+            "detection_threshold": _detection_threshold(chosen.froc),
+        },
         "breast_combiner": {**comb.to_dict(), "use_other": use_other},  # read by inference
         "class_names": list(names),
         "positive_class": names[1],

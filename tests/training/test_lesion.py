@@ -62,7 +62,10 @@ def test_froc_counts_hits_inside_the_circle_and_false_positives() -> None:
     mask = np.ones((8, 8), bool)
     result = froc([p1, p2], [mask, mask], [[(40.0, 40.0, 10.0)], []], rates=(0.5, 1.0))
     # best first: FP (0.95) -> 0.5 FP/image, hit (0.9), FP (0.8) -> 1 FP/image
-    assert result == {"fp_per_image": [0.5, 1.0], "sensitivity": [1.0, 1.0], "n_lesions": 1}
+    assert result["fp_per_image"] == [0.5, 1.0] and result["sensitivity"] == [1.0, 1.0]
+    assert result["n_lesions"] == 1
+    # 0.5 FP/image allows the 0.95 false positive and the 0.9 hit; 1 FP/image also the 0.8
+    assert result["score_thresholds"] == [0.9, 0.8]
     strict = froc([p1, p2], [mask, mask], [[(40.0, 40.0, 10.0)], []], rates=(0.25,))
     assert strict["sensitivity"] == [0.0]
     assert STRIDE == 16

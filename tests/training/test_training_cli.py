@@ -157,6 +157,8 @@ def test_train_lesion_model_exports_map_and_combiner(
     assert manifest["architecture"] == "lite0-lesion"
     assert manifest["output"] == "score+lesion_map"
     assert manifest["breast_combiner"]["use_other"] is True
+    assert manifest["lesion_map"]["channel"] == 0  # the any-abnormality map scores films
+    assert 0.0 < manifest["lesion_map"]["detection_threshold"] <= 1.0
     assert manifest["input"]["spacing_mm"] == 0.8
     assert (model_dir / "weights.safetensors").stat().st_size < 50 * 2**20
 
