@@ -81,7 +81,7 @@ def test_monai_augmentation_shape_range_and_seed() -> None:
 
 def test_architectures_forward_and_light_size() -> None:
     x = torch.rand(2, 1, 64, 64)
-    for name in A.ARCHITECTURES:
+    for name in (*A.WHOLE_IMAGE_ARCHITECTURES, "lite0-lesion"):  # lite0-global: no network
         model = A.build_model(name, **A.default_kwargs(name, fast=True))
         assert model(x).shape == (2, 1)
     params = A.count_parameters(A.build_model("light"))
