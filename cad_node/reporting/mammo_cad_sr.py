@@ -20,8 +20,8 @@ A.35.5-2 are used. The tree::
           CONTAINS CODE    Suspicious at the operating threshold (99CADNODE) = Yes/No
           CONTAINS TEXT    Impression Description, with the decision-support statement
           CONTAINS CODE    Single Image Finding = Selected region, per detection (TID 4006)
-            HAS CONCEPT MOD  Rendering Intent: required when the breast is suspicious and
-                             the detection's score reaches the threshold, else optional
+            HAS CONCEPT MOD  Rendering Intent: required when the breast is suspicious,
+                             else optional
             HAS PROPERTIES   Algorithm Name/Version/Parameters (TID 4019)
             HAS PROPERTIES   NUM Certainty of Finding, the detection score in percent
             HAS PROPERTIES   SCOORD Center (POINT) and Outline (CIRCLE) (TID 4021),
@@ -194,17 +194,18 @@ def _geometry(image: AnalysedImage, detection: Detection) -> list[ContentItem]:
     ]
 
 
-def finding_required(detection: Detection, breast_suspicious: bool, algorithm: Algorithm) -> bool:
-    """A mark is for presentation when its breast is suspicious and its own score reaches
-    the operating threshold; other marks are optional, so a viewer may hide them."""
-    return breast_suspicious and detection.score >= algorithm.threshold
+def finding_required(breast_suspicious: bool) -> bool:
+    """A mark is for presentation when its breast is suspicious; other marks are optional, so
+    a viewer may hide them. (Every reported detection already reached the model's detection
+    threshold; its map score is not on the scale of the breast's operating threshold.)"""
+    return breast_suspicious
 
 
 def _finding(
     image: AnalysedImage, detection: Detection, breast_suspicious: bool, algorithm: Algorithm
 ) -> ContentItem:
     """TID 4006 Single Image Finding of one detection."""
-    required = finding_required(detection, breast_suspicious, algorithm)
+    required = finding_required(breast_suspicious)
     intent = codes.PRESENTATION_REQUIRED if required else codes.PRESENTATION_OPTIONAL
     certainty = NumContentItem(
         codes.CERTAINTY_OF_FINDING,
