@@ -24,27 +24,25 @@ def mias_dir() -> Path:
     return MIAS_DIR
 
 
-@pytest.fixture(scope="session")
-def mias_subset_csv(mias_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A labels CSV of a few real films, image paths relative to the mini-MIAS folder."""
-    with (mias_dir / "mias_labels.csv").open(newline="") as fh:
+def _subset(labels: Path, out: Path) -> Path:
+    """The MIAS_SUBSET rows of a labels CSV, image paths relative to the mini-MIAS folder."""
+    with labels.open(newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["refnum"] in MIAS_SUBSET]
-    out = tmp_path_factory.mktemp("mias") / "subset.csv"
     with out.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     return out
+
+
+@pytest.fixture(scope="session")
+def mias_subset_csv(mias_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A labels CSV of a few real films (the 512 px set)."""
+    return _subset(mias_dir / "mias_labels.csv", tmp_path_factory.mktemp("mias") / "subset.csv")
 
 
 @pytest.fixture(scope="session")
 def mias_1024_subset_csv(mias_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same films at their native 200 µm (``mias_1024``), paths relative to mini_mias."""
-    with (mias_dir / "mias_labels_1024.csv").open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["refnum"] in MIAS_SUBSET]
+    """The same films at their native 200 µm (``mias_1024``)."""
     out = tmp_path_factory.mktemp("mias1024") / "subset_1024.csv"
-    with out.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return out
+    return _subset(mias_dir / "mias_labels_1024.csv", out)
