@@ -43,7 +43,6 @@ from tqdm import tqdm
 
 from cad_node.breast_score import BreastCombiner as Combiner
 from cad_node.errors import InvalidDatasetError
-from cad_node.inference.preprocess import PreprocessRecord
 from cad_node.training import datasets as dsets
 from cad_node.training import metrics as M
 from cad_node.training.efficientnet_lite import WEIGHTS_FILE
@@ -148,7 +147,6 @@ class FeatureSet:
     known: npt.NDArray[np.bool_]
     labels: npt.NDArray[np.int64]
     """(N, 2): abnormal, malignant."""
-    records: list[PreprocessRecord]
     lesions: list[list[dsets.LesionPoint]]
     other: npt.NDArray[np.int64]
     """Index of the same woman's other breast, -1 when there is none."""
@@ -271,7 +269,6 @@ def build_features(
     if not 1 <= cfg.variants <= len(VARIANTS):
         raise InvalidDatasetError(f"variants must be 1 to {len(VARIANTS)}")
     points = dsets.lesion_points(samples, lesions, cfg.spacing_mm, cfg.size)
-    records = [dsets.preprocess_sample(s, cfg.spacing_mm, cfg.size).record for s in samples]
     centred: dict[str, int] = {}
     for les in lesions:
         centred[les.refnum] = centred.get(les.refnum, 0) + 1
@@ -307,7 +304,7 @@ def build_features(
         masks.append(np.asarray(cached[2]))
     return FeatureSet(
         s16=np.stack(s16s), s32=np.stack(s32s), mask=np.stack(masks), target=target,
-        known=known, labels=labels, records=records, lesions=points,
+        known=known, labels=labels, lesions=points,
         other=other_breast(samples),
         uncentred=np.array(
             [finding_counts.get(s.sample_id, 0) - centred.get(s.sample_id, 0) for s in samples]

@@ -23,7 +23,6 @@ from cad_node.training.efficientnet_lite import (
     LITE0_STAGES,
     STRIDE16_BLOCK,
     EfficientNetLite0,
-    SameConv2d,
     grey_stem_weight,
     load_imagenet_lite0,
 )
@@ -176,9 +175,6 @@ class Detection:
     radius: float
     score: float
 
-    def to_dict(self) -> dict[str, float]:
-        return {"row": self.row, "col": self.col, "radius": self.radius, "score": self.score}
-
 
 def detections_from_map(
     prob: npt.NDArray[np.floating[Any]],
@@ -220,16 +216,3 @@ def detections_from_map(
             )
         )
     return out
-
-
-__all__ = [
-    "CHANNELS",
-    "STRIDE",
-    "Detection",
-    "LesionHead",
-    "LiteLesionNet",
-    "SameConv2d",
-    "breast_cells",
-    "detections_from_map",
-    "top_k_pool",
-]
