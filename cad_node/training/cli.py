@@ -66,6 +66,7 @@ def _train(
     lesion_head: str,
     lesion_channel: str,
     variants: int | None,
+    mirror_tta: bool,
     threads: int | None,
     out_dir: Path | None,
     export_name: str | None,
@@ -105,6 +106,7 @@ def _train(
         "lesion_head": lesion_head,
         "lesion_channel": lesion_channel,
         "variants": variants,
+        "mirror_tta": mirror_tta,
     }
     for key, value in {
         "image_size": image_size,
@@ -258,6 +260,12 @@ TRAIN_OPTIONS: list[Decorator] = [
         type=click.IntRange(1, 4),
         help="lite0-lesion: cached training variants of each film: 1 the film, 2 + its "
         "mirror, 4 + gamma/rotation/zoom versions of both [4; --fast 1].",
+    ),
+    click.option(
+        "--mirror-tta",
+        is_flag=True,
+        help="lite0-lesion: score each film as the mean of its maps and its top-bottom "
+        "mirror's (test-time augmentation; needs --variants 2 or more).",
     ),
     click.option("--threads", type=int, help="torch CPU threads."),
     click.option("--out-dir", type=_PATH, help="Reports folder [var/training/TASK-TIME]."),

@@ -52,6 +52,7 @@ from cad_node.training.lesion_net import (
     LiteLesionNet,
     breast_cells,
     detections_from_map,
+    merge_mirrored,
 )
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ class LesionConfig:
     pos_weight: float = 10.0
     min_lesion_radius: float = 12.0
     variants: int = 4
+    mirror_tta: bool = False
+    """Score films as the mean of their maps and their mirror's (needs ``variants`` >= 2)."""
     tail_stages: int = 0
     tail_epochs: int = 4
     bn_train: bool = False
@@ -115,6 +118,7 @@ class LesionConfig:
             "head": self.head,
             "top_k_fraction": self.top_k_fraction,
             "dropout": self.dropout,
+            "mirror_tta": self.mirror_tta,
         }
 
 
@@ -268,6 +272,8 @@ def build_features(
     """
     if not 1 <= cfg.variants <= len(VARIANTS):
         raise InvalidDatasetError(f"variants must be 1 to {len(VARIANTS)}")
+    if cfg.mirror_tta and cfg.variants < 2:
+        raise InvalidDatasetError("mirror test-time augmentation needs variants >= 2")
     points = dsets.lesion_points(samples, lesions, cfg.spacing_mm, cfg.size)
     centred: dict[str, int] = {}
     for les in lesions:
@@ -439,15 +445,24 @@ def fit_head(
 def predict_maps(
     net: LiteLesionNet, feats: FeatureSet, idx: npt.NDArray[np.int64], cfg: LesionConfig
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Image logits (n, 2) and lesion logit maps (n, 2, h, w) of films ``idx`` (variant 0)."""
+    """Image logits (n, 2) and lesion logit maps (n, 2, h, w) of films ``idx`` (variant 0,
+    merged with its mirror, variant 1, under ``cfg.mirror_tta``)."""
+
+    def head_maps(part: npt.NDArray[np.int64], variant: int) -> torch.Tensor:
+        s16, s32, *_ = _batch(feats, part, np.full(len(part), variant, np.int64))
+        if net.trainable_tail > 0:
+            s32 = net.tail(s16)
+        out: torch.Tensor = net.head(s16, s32)
+        return out
+
     logits, maps = [], []
     with torch.inference_mode():
         for start in range(0, len(idx), 16):
             part = idx[start : start + 16]
-            s16, s32, mask, *_ = _batch(feats, part, np.zeros(len(part), np.int64))
-            if net.trainable_tail > 0:
-                s32 = net.tail(s16)
-            m = net.head(s16, s32)
+            mask = torch.from_numpy(np.asarray(feats.mask[0, part]))
+            m = head_maps(part, 0)
+            if cfg.mirror_tta:
+                m = merge_mirrored(m, head_maps(part, 1))
             logits.append(net.pool(m, mask).numpy())
             maps.append(m.numpy())
     return np.concatenate(logits), np.concatenate(maps)

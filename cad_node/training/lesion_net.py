@@ -50,6 +50,12 @@ def top_k_pool(maps: torch.Tensor, mask: torch.Tensor, fraction: float) -> torch
     return torch.stack(out)
 
 
+def merge_mirrored(maps: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+    """Mean of a film's maps and those of its top-bottom mirror, mirrored back (test-time
+    augmentation; cells align exactly when the film's height is a multiple of the stride)."""
+    return 0.5 * (maps + mirrored.flip(-2))
+
+
 class LesionHead(nn.Module):
     """Stride-16 and stride-32 features -> two lesion-logit maps at stride 16.
 
@@ -88,7 +94,8 @@ class LiteLesionNet(nn.Module):
     """Grey mammogram in [0, 1] -> image logit of ``channel``; lesion maps on request.
 
     ``pretrained`` loads the ImageNet weights of the installed EfficientNet-Lite0 package (for
-    training); a model folder's weights replace them all.
+    training); a model folder's weights replace them all. With ``mirror_tta`` the maps are the
+    mean over the film and its top-bottom mirror (:func:`merge_mirrored`).
     """
 
     def __init__(
@@ -99,9 +106,11 @@ class LiteLesionNet(nn.Module):
         dropout: float = 0.2,
         head: str = "conv",
         pretrained: bool = False,
+        mirror_tta: bool = False,
     ) -> None:
         super().__init__()
         self.channel = channel
+        self.mirror_tta = mirror_tta
         self.top_k_fraction = top_k_fraction
         self.backbone = EfficientNetLite0(num_classes=0, in_channels=1)
         if pretrained:
@@ -153,9 +162,15 @@ class LiteLesionNet(nn.Module):
     # --- the whole model --------------------------------------------------------------
     def lesion_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 2, h, w) lesion logits and the (B, h, w) breast mask of a (B, 1, H, W) batch."""
-        s16 = self.encode_s16(x)
-        maps = self.head(s16, self.tail(s16))
+        maps = self._maps(x)
+        if self.mirror_tta:
+            maps = merge_mirrored(maps, self._maps(x.flip(-2)))
         return maps, breast_cells(x)
+
+    def _maps(self, x: torch.Tensor) -> torch.Tensor:
+        s16 = self.encode_s16(x)
+        maps: torch.Tensor = self.head(s16, self.tail(s16))
+        return maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps, mask = self.lesion_maps(x)

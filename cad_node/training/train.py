@@ -97,6 +97,7 @@ class TrainConfig:
     lesion_head: str = "conv"
     lesion_channel: str = "abnormal"
     variants: int | None = None
+    mirror_tta: bool = False
 
     def lesion_config(self) -> LesionConfig:
         """Settings of the EfficientNet-Lite0 family under this configuration."""
@@ -105,6 +106,7 @@ class TrainConfig:
             "tail_stages": self.tail_stages, "bn_train": self.bn_train, "n_boot": self.n_boot,
             "progress": self.progress, "cache_dir": self.feature_cache,
             "head": self.lesion_head, "score_channel": self.lesion_channel,
+            "mirror_tta": self.mirror_tta,
         }  # fmt: skip
         if self.head_epochs is not None:
             values["epochs"] = self.head_epochs
@@ -736,7 +738,9 @@ def _lite0_setting(run: LesionRun | None) -> str:
     c = run.cfg
     return (
         f"frozen ImageNet EfficientNet-Lite0 at {c.spacing_mm} mm, {c.size[0]}x{c.size[1]} px, "
-        f"{c.variants} cached variant(s), head {c.epochs} epochs, tail stages unfrozen "
+        f"{c.variants} cached variant(s)"
+        f"{', mirror test-time augmentation' if c.mirror_tta else ''}, "
+        f"head {c.epochs} epochs, tail stages unfrozen "
         f"{c.tail_stages} ({c.tail_epochs} epochs each, "
         f"BN {'trained' if c.bn_train else 'frozen'}), "
         f"combiner and threshold from {c.inner_folds}-fold inner CV, {c.repeats} repeat(s)"
@@ -930,8 +934,9 @@ def _export_lesion(
             "lr": lcfg.lr,
             "weight_decay": lcfg.weight_decay,
             "seed": lcfg.seed,
-            "augmentation": f"{lcfg.variants} cached variants (film, top-bottom mirror), "
-            "feature dropout",
+            "augmentation": f"{lcfg.variants} cached variants (film, top-bottom mirror, "
+            "gamma / rotation / zoom), feature dropout",
+            "test_time_augmentation": "top-bottom mirror" if lcfg.mirror_tta else "none",
             "folds": lcfg.folds,
             "inner_folds": lcfg.inner_folds,
             "seconds_per_epoch": round(seconds, 2),

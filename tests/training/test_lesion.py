@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cad_node.training import datasets as dsets
 from cad_node.training.lesion import (
@@ -18,8 +20,10 @@ from cad_node.training.lesion import (
     fit_combiner,
     froc,
     other_breast,
+    predict_maps,
     task_lesions,
 )
+from cad_node.training.lesion_net import LiteLesionNet
 
 
 def test_disc_targets_mark_cells_inside_each_disc() -> None:
@@ -99,6 +103,19 @@ def test_features_targets_and_known_maps_of_real_films(mias_dir: Path, tmp_path:
     cached = build_features(samples, lesions, dsets.mias_finding_counts(lesions_csv), cfg)
     assert np.array_equal(np.asarray(cached.s32), np.asarray(feats.s32))
     assert len(list(tmp_path.glob("*.npy"))) == 6  # three arrays per variant
+
+    # maps from the cached features equal the whole model's on the film, mirror TTA included
+    tta = dataclasses.replace(cfg, mirror_tta=True)
+    net = LiteLesionNet(**tta.net_kwargs(), pretrained=True).eval()
+    torch.nn.init.normal_(net.head.out.weight, std=0.5)  # a head whose maps are not flat
+    idx = np.arange(2)
+    _, maps = predict_maps(net, feats, idx, tta)
+    _, plain = predict_maps(net, feats, idx, cfg)
+    films = [dsets.preprocess_sample(s, cfg.spacing_mm, cfg.size).image for s in samples[:2]]
+    with torch.no_grad():
+        whole, _ = net.lesion_maps(torch.from_numpy(np.stack(films)))
+    np.testing.assert_allclose(maps, whole.numpy(), atol=0.05)
+    assert np.abs(maps - plain).max() > 0.1
 
 
 def test_every_variant_moves_lesions_with_the_film() -> None:
