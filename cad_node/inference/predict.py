@@ -74,6 +74,8 @@ class StudyAnalysis:
     missing_views: list[str]
     errors: list[dict[str, str]]
     not_analysed: list[dict[str, str]]
+    localised: bool = False
+    """Whether the model localises (its images carry detections, possibly none)."""
 
     @property
     def exam_score(self) -> float | None:
@@ -90,6 +92,7 @@ class StudyAnalysis:
             "study_instance_uid": self.study_instance_uid,
             "exam_score": self.exam_score,
             "exam_suspicious": self.exam_suspicious,
+            "localised": self.localised,
             "breasts": {
                 lat: {
                     "score": b.score,
@@ -240,4 +243,5 @@ def analyse_study(
         missing_views=missing,
         errors=errors,
         not_analysed=not_analysed,
+        localised=model.has_lesion_map,
     )

@@ -123,8 +123,13 @@ def build_heatmap_sc(
     """One heatmap Secondary Capture of one analysed image."""
     source = image.source
     orientation = patient_orientation(source)
+    what = (
+        "the lesion map (inside the breast) and the detections"
+        if algorithm.localises
+        else "Grad-CAM"
+    )
     description = (
-        f"AI heatmap {image.result.view} ({algorithm.label}): Grad-CAM blended over the "
+        f"AI heatmap {image.result.view} ({algorithm.label}): {what} blended over the "
         f"source image. {NOT_FOR_DIAGNOSIS}. {DECISION_SUPPORT}{algorithm.caveat_sentence}"
     )
     sc = SCImage.from_ref_dataset(
