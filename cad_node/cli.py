@@ -219,6 +219,13 @@ def audit_show(ctx: Context, study_uid: str, as_json: bool) -> None:
             + (f"; exam {exam:.3f}; {breasts}" if exam is not None else "")
             + (f"; error: {job['error']}" if job["error"] else "")
         )
+        if result.get("localised"):
+            for image in result.get("images") or []:
+                marks = "; ".join(
+                    f"x {d['x']:.0f} y {d['y']:.0f} r {d['radius']:.0f} score {d['score']:.2f}"
+                    for d in image.get("detections") or []
+                )
+                click.echo(f"    marks {image['view']:<6} {marks or 'none'}")
         for d in job["deliveries"]:
             click.echo(
                 f"    {d['kind']:<13} -> {d['destination']}: {d['state']}"

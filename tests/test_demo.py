@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,22 @@ def test_demo_with_the_installed_default_model(tmp_path: Path) -> None:
     assert "known pathology: biopsy-proven malignant mass, left breast" in text
     assert "[known: malignant mass]" in text and "single cases, not evidence" in text
     assert text.count("    marks L-CC ") == 2 and text.count("    marks R-CC ") == 2
+
+    # ops see the same marks in the audit trail
+    from click.testing import CliRunner
+
+    from cad_node.audit.db import make_engine
+    from cad_node.audit.jobs import JobRepository
+    from cad_node.cli import main
+
+    uid = next(line.split()[1][:-1] for line in lines if line.startswith("\nstudy "))
+    env = {"CAD_NODE_DATA_DIR": str(settings.data_dir)}
+    shown = CliRunner(env=env).invoke(main, ["audit", "show", uid])
+    assert shown.exit_code == 0, shown.output
+    [job] = JobRepository(make_engine(settings.effective_database_url)).jobs_of_study(uid)
+    marks = sum(len(i["detections"]) for i in job["result"]["images"])
+    assert shown.output.count("    marks ") == 4
+    assert len(re.findall(r"x \d+ y \d+ r \d+ score 0\.\d\d", shown.output)) == marks
     warning = validation_warning(read_manifest(default_model_path()))
     assert (f"WARNING: {warning}." in text) if warning else ("WARNING" not in text)
 

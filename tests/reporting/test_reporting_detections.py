@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import subprocess
 from collections.abc import Callable
 from io import BytesIO
@@ -368,3 +369,28 @@ def test_algorithm_from_model_knows_whether_it_localises() -> None:
 
     assert Algorithm.from_model(Stub(True)).localises  # type: ignore[arg-type]
     assert not Algorithm.from_model(Stub(False)).localises  # type: ignore[arg-type]
+
+
+def test_dsr2html_renders_the_coordinates_of_every_detection(
+    objects: list[Dataset], tmp_path: Path, dsr2html: str, uid_of_view: dict[str, str]
+) -> None:
+    points = sorted((f"{cx:g}/{cy:g}", uid_of_view[v]) for v, (cx, cy), _, _ in EXPECTED)
+    circles = sorted(
+        (f"{cx:g}/{cy:g},{ex:g}/{ey:g}", uid_of_view[v]) for v, (cx, cy), (ex, ey), _ in EXPECTED
+    )
+    html = []
+    for n, ds in enumerate(objects[:2]):
+        path = tmp_path / f"sr{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        done = subprocess.run(
+            [dsr2html, "+Rd", str(path)], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        html.append(done.stdout)
+    graphic = r"<b>Graphic Data:</b><br>([0-9./,]+)</p>"
+    # the CAD SR: a POINT centre and a CIRCLE outline per finding, each with its image
+    on_image = re.findall(graphic + r".*?dicom\.cgi\?image=[0-9.]+\+([0-9.]+)", html[0], re.S)
+    assert sorted(g for g in on_image if "," not in g[0]) == points
+    assert sorted(g for g in on_image if "," in g[0]) == circles
+    # TID 1500: the circle of each planar ROI (its image is not rendered beside it)
+    assert sorted(re.findall(graphic, html[1])) == sorted(c for c, _ in circles)
