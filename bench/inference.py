@@ -123,9 +123,7 @@ def objects_stage(
     for ds, display, heat, det in zip(datasets, pixels, heatmaps, found, strict=True):
         info = identify(ds)
         images.append(
-            ImageResult(
-                str(ds.SOPInstanceUID), str(info.view), 0.5, False, display, heat, 0.0, det
-            )
+            ImageResult(str(ds.SOPInstanceUID), str(info.view), 0.5, False, display, heat, 0.0, det)
         )
     analysis = StudyAnalysis(
         str(datasets[0].StudyInstanceUID), images, {}, [], [], [], model.has_lesion_map
