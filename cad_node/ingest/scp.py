@@ -25,7 +25,8 @@ def build_ae(settings: Settings, report: Reporter) -> AE:
     """
     limits = ConnectionLimits(
         max_p_data=settings.max_pdu,
-        pdu_timeout=settings.network_timeout_seconds,
+        acse_timeout=settings.acse_timeout_seconds,
+        network_timeout=settings.network_timeout_seconds,
         max_per_peer=settings.max_connections_per_peer,
     )
     ae = GuardedAE(settings.ae_title, limits, report)

@@ -6,8 +6,10 @@ and only those, :class:`PduReader` does these reads:
 
 - the declared length is checked as soon as the 6-byte header is in, before anything more is
   read or allocated; over its type's limit (:meth:`ConnectionLimits.max_length`) the peer gets
-  an A-ABORT and the connection is closed at once;
-- a PDU must arrive whole within the network timeout, however slowly its bytes trickle in;
+  an A-ABORT and the connection is closed at once. The first PDU, which can only be an
+  association request, is held to the A-ASSOCIATE limit whatever its type;
+- a PDU must arrive whole within the network timeout (the first one: the ACSE timeout, as
+  pynetdicom's ARTIM timer cannot fire while a read blocks), however slowly its bytes come;
 - the buffer grows with the bytes that arrived (4 MiB at first, then doubling), never from a
   declared length alone, and is filled by ``recv_into``: a 17 MB mammogram in a few reads, not
   the 4000 Python-level 4 KiB reads of pynetdicom's own ``recv``.
@@ -69,8 +71,10 @@ class ConnectionLimits:
 
     max_p_data: int
     """Largest P-DATA-TF length (CAD_NODE_MAX_PDU, what we announce); 0: no limit."""
-    pdu_timeout: float
-    """A PDU must arrive whole within this many seconds; also bounds each send."""
+    acse_timeout: float
+    """The first PDU (the association request) must arrive whole within this many seconds."""
+    network_timeout: float
+    """Each later PDU must arrive whole within this many seconds; also bounds each send."""
     max_per_peer: int
 
     def max_length(self, pdu_type: int) -> int | None:
@@ -93,10 +97,12 @@ class PduReader:
         self._report = report
         self._peer = peer
         self._body_left = 0
+        self._first = True
         self._pdu = "PDU header"
+        self._timeout = limits.acse_timeout
         self._deadline = 0.0
         if sock.socket is not None:
-            sock.socket.settimeout(limits.pdu_timeout)
+            sock.socket.settimeout(limits.network_timeout)
 
     def recv(self, nr_bytes: int) -> bytearray:
         """Read ``nr_bytes``; fewer (as if the peer closed) when refused, late or closed."""
@@ -108,7 +114,9 @@ class PduReader:
         return self._read(nr_bytes)
 
     def _read_header(self, nr_bytes: int) -> bytearray:
-        self._deadline = time.monotonic() + self._limits.pdu_timeout
+        first, self._first = self._first, False
+        self._timeout = self._limits.acse_timeout if first else self._limits.network_timeout
+        self._deadline = time.monotonic() + self._timeout
         self._pdu = "PDU header"
         header = self._read(nr_bytes)
         if nr_bytes != PDU_HEADER or len(header) < PDU_HEADER:
@@ -117,9 +125,10 @@ class PduReader:
         name = PDU_NAMES.get(pdu_type)
         if name is None:
             return header  # pynetdicom answers an unknown PDU type with an A-ABORT itself
-        limit = self._limits.max_length(pdu_type)
+        limit = MAX_ASSOCIATE_LENGTH if first else self._limits.max_length(pdu_type)
         if limit is not None and length > limit:
-            self._refuse(f"{name} declares {length} bytes, more than the {limit} accepted")
+            when = " before an association" if first and pdu_type not in (0x01, 0x02) else ""
+            self._refuse(f"{name} declares {length} bytes, more than the {limit} accepted{when}")
             return bytearray()
         self._pdu = name
         self._body_left = length
@@ -150,7 +159,7 @@ class PduReader:
             pass  # reset by the peer: the same as closed
         finally:
             with suppress(OSError):
-                raw.settimeout(self._limits.pdu_timeout)
+                raw.settimeout(self._limits.network_timeout)
         return buffer if received == nr_bytes else buffer[:received]
 
     def _refuse(self, reason: str) -> None:
@@ -159,11 +168,10 @@ class PduReader:
 
     def _timed_out(self, received: int, wanted: int) -> None:
         self._close(b"")
-        timeout = self._limits.pdu_timeout
         self._report(
             "connection.timed_out",
             self._peer,
-            f"{self._pdu} not received within {timeout:g} s ({received} of {wanted} bytes);"
+            f"{self._pdu} not received within {self._timeout:g} s ({received} of {wanted} bytes);"
             " connection closed",
         )
 
@@ -179,7 +187,12 @@ class PduReader:
 
 
 class GuardedServer(ThreadedAssociationServer):
-    """pynetdicom's threaded association server, counting open connections per address."""
+    """pynetdicom's threaded association server, counting open connections per address.
+
+    An address at its cap gets one ``connection.refused`` report, not one per attempt (a flood
+    must not turn into audit rows written from the accept loop); how many more were refused is
+    reported when one of its connections ends.
+    """
 
     daemon_threads = True
 
@@ -189,6 +202,7 @@ class GuardedServer(ThreadedAssociationServer):
         self.limits = limits
         self.report = report
         self._open: Counter[str] = Counter()
+        self._refused: Counter[str] = Counter()
         self._open_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
@@ -200,6 +214,10 @@ class GuardedServer(ThreadedAssociationServer):
             if open_now < self.limits.max_per_peer:
                 self._open[host] += 1
                 return True
+            self._refused[host] += 1
+            repeated = self._refused[host] > 1
+        if repeated:
+            return False
         self.report(
             "connection.refused",
             f"{host}:{client_address[1]}",
@@ -223,6 +241,13 @@ class GuardedServer(ThreadedAssociationServer):
             self._open[host] -= 1
             if self._open[host] <= 0:
                 del self._open[host]
+            unreported = self._refused.pop(host, 0) - 1
+        if unreported > 0:
+            self.report(
+                "connection.refused",
+                host,
+                f"{unreported} more connections from this address refused at the cap",
+            )
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """One log line, not socketserver's traceback on stderr."""

@@ -122,21 +122,27 @@ def test_connections_over_the_per_peer_cap_are_closed_at_once(
     node = node_factory(max_connections_per_peer=2, acse_timeout_seconds=4)
     with _raw(node) as one, _raw(node) as two:
         time.sleep(0.3)  # both accepted and counted
-        with _raw(node) as extra:
-            closed = _until_closed(extra, timeout=2)
-            assert closed is not None and closed[1] < 1, "the connection over the cap stayed open"
-            assert closed[0] == b""  # closed before any byte was read or sent
+        for _ in range(5):
+            with _raw(node) as extra:
+                closed = _until_closed(extra, timeout=2)
+                assert closed is not None and closed[1] < 1, "a connection over the cap stayed open"
+                assert closed[0] == b""  # closed before any byte was read or sent
         assert not associate(node.scp.port).is_established  # the cap holds for everyone there
         one.settimeout(0.2)
         two.settimeout(0.2)
         for held in (one, two):  # the first two are untouched
             with suppress(TimeoutError):
                 assert held.recv(1) != b"", "a connection under the cap was closed"
-    event = wait_for(lambda: _events(node, "connection.refused"))[0]
-    assert "127.0.0.1" in event["detail"] and "2 connections" in event["detail"]
+        # One report for the address at its cap, not one per attempt.
+        [event] = _events(node, "connection.refused")
+        assert "127.0.0.1" in event["detail"] and "2 connections" in event["detail"]
     # Once the held connections are gone (their slots free when the node lets go of them,
     # at the latest after the ACSE timeout), a real association works again.
     assert wait_for(lambda: _echo_works(node), timeout=8, interval=0.5)
+    summary = wait_for(
+        lambda: [e for e in _events(node, "connection.refused") if "more" in e["detail"]]
+    )
+    assert "refused at the cap" in summary[0]["detail"]
 
 
 def test_a_silent_connection_is_closed_after_the_acse_timeout(
@@ -149,10 +155,20 @@ def test_a_silent_connection_is_closed_after_the_acse_timeout(
     assert 0.5 < closed[1] < 3
 
 
-def test_a_pdu_stalled_midway_is_dropped_after_the_network_timeout(
+def test_p_data_before_an_association_is_held_to_the_association_limit(node: Node) -> None:
+    with _raw(node) as sock:
+        sock.sendall(struct.pack(">BBL", 0x04, 0, 65536 + 1))  # under CAD_NODE_MAX_PDU, but first
+        closed = _until_closed(sock, timeout=5)
+    assert closed is not None and closed[0] == A_ABORT_INVALID_PDU_PARAMETER
+    [event] = wait_for(lambda: _events(node, "connection.refused"))
+    assert "P-DATA-TF declares 65537 bytes" in event["detail"]
+    assert "before an association" in event["detail"]
+
+
+def test_an_association_request_stalled_midway_is_dropped_after_the_acse_timeout(
     node_factory: Callable[..., Node],
 ) -> None:
-    node = node_factory(network_timeout_seconds=1, acse_timeout_seconds=30)
+    node = node_factory(acse_timeout_seconds=1, network_timeout_seconds=30)
     with _raw(node) as sock:
         sock.sendall(struct.pack(">BBL", 0x01, 0, 200) + bytes(20))  # 20 of 200 bytes, then silence
         closed = _until_closed(sock, timeout=5)
@@ -160,13 +176,14 @@ def test_a_pdu_stalled_midway_is_dropped_after_the_network_timeout(
     assert closed[1] < 3
     [event] = wait_for(lambda: _events(node, "connection.timed_out"))
     assert "127.0.0.1" in event["detail"] and "A-ASSOCIATE-RQ" in event["detail"]
+    assert "20 of 200 bytes" in event["detail"]
     assert _echo_works(node)
 
 
-def test_a_pdu_dribbled_byte_by_byte_is_dropped_after_the_network_timeout(
+def test_an_association_request_dribbled_byte_by_byte_is_dropped_after_the_acse_timeout(
     node_factory: Callable[..., Node],
 ) -> None:
-    node = node_factory(network_timeout_seconds=1, acse_timeout_seconds=30)
+    node = node_factory(acse_timeout_seconds=1, network_timeout_seconds=30)
     with _raw(node) as sock:
         sock.sendall(struct.pack(">BBL", 0x01, 0, 200))
         start = time.monotonic()
@@ -174,18 +191,27 @@ def test_a_pdu_dribbled_byte_by_byte_is_dropped_after_the_network_timeout(
         while time.monotonic() - start < 5:
             try:
                 sock.sendall(b"\x00")  # one byte every 0.2 s: never idle, never done
-            except OSError:
-                closed_after = time.monotonic() - start
-                break
-            sock.settimeout(0.2)
-            try:
+                sock.settimeout(0.2)
                 if sock.recv(4096) == b"":
                     closed_after = time.monotonic() - start
                     break
             except TimeoutError:
                 pass
-            except ConnectionResetError:
+            except OSError:  # reset: the node closed it
                 closed_after = time.monotonic() - start
                 break
     assert closed_after is not None, "a peer dribbling one PDU kept the connection"
     assert closed_after < 3
+
+
+def test_p_data_stalled_midway_is_dropped_after_the_network_timeout(
+    node_factory: Callable[..., Node],
+) -> None:
+    node = node_factory(network_timeout_seconds=1, acse_timeout_seconds=30)
+    assoc = associate(node.scp.port)
+    assert assoc.is_established
+    start = time.monotonic()
+    assoc.dul.socket.socket.sendall(struct.pack(">BBL", 0x04, 0, 100) + bytes(10))
+    wait_for(lambda: assoc.is_aborted, timeout=5)
+    assert time.monotonic() - start < 3
+    assert _echo_works(node)
