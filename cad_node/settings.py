@@ -76,6 +76,16 @@ class Settings(BaseSettings):
     delivery_sweep_seconds: float = Field(default=5.0, gt=0, description="outbox retry check")
     max_pdu: int = Field(default=4 * 1024 * 1024, ge=0, description="0: unlimited")
     max_associations: int = Field(default=16, ge=1)
+    max_connections_per_peer: int = Field(
+        default=8, ge=1, description="open TCP connections from one address; more are closed"
+    )
+    acse_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="association negotiation; a silent connection is closed"
+    )
+    dimse_timeout_seconds: float = Field(default=120.0, gt=0, description="waiting for a message")
+    network_timeout_seconds: float = Field(
+        default=300.0, gt=0, description="an idle association ends; a PDU must arrive within it"
+    )
     min_free_mb: int = Field(default=256, ge=0, description="refuse to store below this")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

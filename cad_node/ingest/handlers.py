@@ -249,6 +249,13 @@ def handle_aborted(event: Any, ctx: IngestContext) -> None:
     log.warning("association from %s (%s) aborted", calling_ae, peer)
 
 
+def record_connection_event(ctx: IngestContext, kind: str, peer: str, reason: str) -> None:
+    """Record and log a connection the transport refused or dropped (no AE title known yet)."""
+    with suppress(Exception):
+        ctx.repo.record_event(kind, level="warning", detail=f"peer {peer}; {reason}")
+    log.warning("%s from %s: %s", kind, peer, reason)
+
+
 def handle_connection_closed(event: Any, ctx: IngestContext) -> None:
     """Remove the partial file of a transfer cut off mid-way (abort or dropped connection)."""
     message = getattr(getattr(event.assoc, "dimse", None), "message", None)

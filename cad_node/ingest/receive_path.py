@@ -1,14 +1,8 @@
-"""The receive path of the storage SCP: how pynetdicom reads the socket and writes the file.
+"""The receive path of the storage SCP: the file a C-STORE dataset streams into.
 
-pynetdicom is used as it is, with two parts of its receive path replaced by :func:`install`
-(same contracts, checked by the ingest tests): the socket read, and the file a C-STORE
-dataset streams into.
-
-Socket: pynetdicom reads a PDU 4 KiB per ``recv`` and appends each piece to a bytearray; a
-17 MB mammogram took over 4000 Python-level reads. :func:`recv_exactly` reads straight into one
-preallocated buffer instead.
-
-File:
+pynetdicom is used as it is, with that file replaced by :func:`install` (same contract, checked
+by the ingest tests). The socket reads are :mod:`cad_node.ingest.transport`'s, for our server's
+connections only.
 
 pynetdicom writes received P-DATA straight to a temporary file from its reactor thread. A write
 that fails there (disk full) would kill the association without a status and leave the partial
@@ -36,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pynetdicom.dimse_messages
-import pynetdicom.transport
 
 _incoming: Path | None = None
 """Where received datasets are written (the spool's incoming folder, same filesystem as the
@@ -146,22 +139,8 @@ def receiving_file(request: Any) -> ReceivingFile | None:
     return received if isinstance(received, ReceivingFile) else None
 
 
-def recv_exactly(self: Any, nr_bytes: int) -> bytearray:
-    """``AssociationSocket.recv``: read ``nr_bytes``, or what came before the peer closed."""
-    buffer = bytearray(nr_bytes)
-    view = memoryview(buffer)
-    received = 0
-    while received < nr_bytes:
-        got = self.socket.recv_into(view[received:], nr_bytes - received)
-        if not got:  # connection closed: return what arrived, as pynetdicom expects
-            del view
-            return buffer[:received]
-        received += got
-    return buffer
-
-
 def install(incoming: Path) -> None:
-    """Replace pynetdicom's socket read and C-STORE receive file with the ones above.
+    """Replace pynetdicom's C-STORE receive file with :class:`ReceivingFile`.
 
     Received datasets go to ``incoming``; nothing else in the process is affected.
     """
@@ -170,7 +149,6 @@ def install(incoming: Path) -> None:
     if not hasattr(pynetdicom.dimse_messages, "NamedTemporaryFile"):
         raise RuntimeError("pynetdicom no longer streams through NamedTemporaryFile")
     pynetdicom.dimse_messages.NamedTemporaryFile = ReceivingFile  # type: ignore[attr-defined]
-    pynetdicom.transport.AssociationSocket.recv = recv_exactly  # type: ignore[method-assign]
 
 
 def release(incoming: Path) -> None:

@@ -3,30 +3,43 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 from pynetdicom import AE, _config, evt
 
 from cad_node.ingest import handlers, receive_path
 from cad_node.ingest.handlers import IngestContext
+from cad_node.ingest.transport import ConnectionLimits, GuardedAE, Reporter
 from cad_node.settings import Settings
 from cad_node.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION, decodable_transfer_syntaxes
 
 log = logging.getLogger(__name__)
 
 
-def build_ae(settings: Settings) -> AE:
-    """An AE that accepts Verification and the mammography storage SOP classes."""
-    ae = AE(ae_title=settings.ae_title)
+def build_ae(settings: Settings, report: Reporter) -> AE:
+    """An AE that accepts Verification and the mammography storage SOP classes.
+
+    Its servers bound every PDU read and the connections per address (see ``transport``);
+    ``report`` records what they refuse.
+    """
+    limits = ConnectionLimits(
+        max_p_data=settings.max_pdu,
+        acse_timeout=settings.acse_timeout_seconds,
+        network_timeout=settings.network_timeout_seconds,
+        max_per_peer=settings.max_connections_per_peer,
+    )
+    ae = GuardedAE(settings.ae_title, limits, report)
     ae.require_called_aet = True
     if settings.allowed_calling_aes:
         ae.require_calling_aet = list(settings.allowed_calling_aes)
     ae.maximum_pdu_size = settings.max_pdu
     ae.maximum_associations = settings.max_associations
-    # Generous timeouts: a modality may pause between images; a dead peer is still dropped.
-    ae.acse_timeout = 30
-    ae.dimse_timeout = 120
-    ae.network_timeout = 300
+    # Generous defaults: a modality may pause between images; a dead peer is still dropped.
+    # A connection that sends no A-ASSOCIATE-RQ is closed after the ACSE timeout (ARTIM).
+    ae.acse_timeout = settings.acse_timeout_seconds
+    ae.dimse_timeout = settings.dimse_timeout_seconds
+    ae.network_timeout = settings.network_timeout_seconds
     syntaxes = decodable_transfer_syntaxes()
     ae.add_supported_context(VERIFICATION)
     for sop_class in STORAGE_SOP_CLASSES:
@@ -48,7 +61,7 @@ class StorageSCP:
         # same filesystem as the spool, so acknowledging one is an fsync and a rename.
         _config.STORE_RECV_CHUNKED_DATASET = True
         receive_path.install(self.ctx.spool.incoming)
-        ae = build_ae(self.settings)
+        ae = build_ae(self.settings, partial(handlers.record_connection_event, self.ctx))
         bound = [self.ctx]
         self._server = ae.start_server(
             (self.settings.host, self.settings.port),
