@@ -14,6 +14,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 
+from cad_node.assembly import require_one_patient
 from cad_node.audit.jobs import ResultObject, StaleJobError
 from cad_node.delivery.outbox import DeliverySummary
 from cad_node.domain import JobState
@@ -56,6 +57,9 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
         # Instances the model cannot analyse (tomosynthesis can be gigabytes) are reported
         # from their headers alone.
         sources += [dcmread(spool / p, stop_before_pixels=True) for p in start.other_paths]
+        # The C-STORE handler refuses another patient's instance; this catches any study
+        # recorded before that check, or stored around it.
+        require_one_patient(sources)
         analysis = analyse_study(uid, sources, model)
         objects: list[ResultObject] = []
         if analysis.images or analysis.errors:
