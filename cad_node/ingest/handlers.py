@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cad_node import dicom_status
+from cad_node import dicom_status, phi
 from cad_node.assembly import identify
 from cad_node.audit.repository import AuditRepository, DuplicateInstanceError
 from cad_node.domain import InstanceOutcome
@@ -206,7 +206,7 @@ def _internal_error(
         type(exc).__name__,
         dicom_status.describe(status),
     )
-    log.debug("internal error details", exc_info=exc)
+    log.debug("internal error details:\n%s", phi.traceback_text(exc))
     return status
 
 
