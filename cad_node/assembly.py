@@ -7,6 +7,8 @@ study is complete once no new instance has arrived for a quiet period.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from datetime import datetime, timedelta
 from pydicom.dataset import Dataset
 
 from cad_node.domain import STANDARD_VIEWS, Laterality, ViewPosition, view_name
+from cad_node.errors import PatientConflictError
 from cad_node.sop_classes import (
     BREAST_TOMOSYNTHESIS,
     MAMMOGRAPHY_FOR_PROCESSING,
@@ -44,9 +47,58 @@ _TEXT_SOURCES = ("SeriesDescription", "ProtocolName", "PatientID", "PatientName"
 only in PatientID (``Mass-Test_P_00820_LEFT_CC``)."""
 
 
+@dataclass(frozen=True, repr=False)
+class PatientIdentity:
+    """Whose images these are: PatientID and IssuerOfPatientID (empty when absent).
+
+    Never printed: ``repr`` and ``str`` withhold the values, so they cannot reach a log line
+    or a traceback by accident. The audit database keeps only :meth:`digests` of them.
+    """
+
+    patient_id: str
+    issuer: str
+
+    def __repr__(self) -> str:
+        return "PatientIdentity(<withheld>)"
+
+    __str__ = __repr__
+
+    def digests(self, salt: bytes) -> tuple[str, str]:
+        """Salted HMAC-SHA256 of the PatientID and of the issuer (hex)."""
+
+        def digest(value: str) -> str:
+            return hmac.new(salt, value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+        return digest(self.patient_id), digest(self.issuer)
+
+
+def patient_identity(ds: Dataset) -> PatientIdentity:
+    """The patient an instance names (leading and trailing spaces are not significant)."""
+    return PatientIdentity(_text(ds, "PatientID"), _text(ds, "IssuerOfPatientID"))
+
+
+def require_one_patient(datasets: Iterable[Dataset]) -> None:
+    """Raise :class:`PatientConflictError` when the datasets name more than one patient."""
+    identities = {patient_identity(ds) for ds in datasets}
+    if len(identities) > 1:
+        differs = []
+        if len({i.patient_id for i in identities}) > 1:
+            differs.append("PatientID")
+        if len({i.issuer for i in identities}) > 1:
+            differs.append("IssuerOfPatientID")
+        verb = "differs" if len(differs) == 1 else "differ"
+        raise PatientConflictError(
+            f"the study's instances name more than one patient ({' and '.join(differs)} "
+            f"{verb} between them); not analysed"
+        )
+
+
 @dataclass(frozen=True)
 class InstanceInfo:
-    """What the node needs to know about one received instance (no patient data)."""
+    """What the node needs to know about one received instance.
+
+    Patient data only as :class:`PatientIdentity`, which never prints.
+    """
 
     sop_instance_uid: str
     sop_class_uid: str
@@ -60,6 +112,8 @@ class InstanceInfo:
     """``L-CC``/``L-MLO``/``R-CC``/``R-MLO`` when the model can analyse this projection."""
     not_analysed_reason: str | None
     """Why this instance is recorded but not analysed; None when it is analysable."""
+    patient: PatientIdentity
+    """Whose image this is, for the check that a study holds one patient only."""
 
     @property
     def analysable(self) -> bool:
@@ -149,6 +203,7 @@ def identify(ds: Dataset) -> InstanceInfo:
         view_position=found_position,
         view=view if reason is None else None,
         not_analysed_reason=reason,
+        patient=patient_identity(ds),
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from pydicom.dataset import Dataset
 
-from cad_node import __version__
+from cad_node import __version__, phi
 from cad_node.audit.repository import AuditRepository
 from cad_node.errors import ConfigError
 from cad_node.settings import Settings, load_settings
@@ -63,6 +63,9 @@ def _setup_logging(level: str) -> None:
         level=level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
+    # Library warnings and log lines quote the values they complain of: withhold them.
+    logging.captureWarnings(True)
+    phi.guard_logs()
     # pynetdicom logs dataset contents at DEBUG and chatty lines at INFO; keep it quiet.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 

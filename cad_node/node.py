@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from cad_node import phi
 from cad_node.audit.db import make_engine, upgrade
 from cad_node.audit.models import utcnow
 from cad_node.audit.repository import AuditRepository, CompletedStudy
@@ -96,6 +97,7 @@ class Node:
     """
 
     def __init__(self, settings: Settings, *, pipeline: bool = True) -> None:
+        phi.guard_logs()
         self.settings = settings
         url = settings.effective_database_url
         settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,8 @@
-"""SQLAlchemy models of the audit database. No pixel data and no patient demographics."""
+"""SQLAlchemy models of the audit database. No pixel data and no patient demographics.
+
+The one trace of a patient is on :class:`Study`: salted digests of its PatientID and issuer,
+which the C-STORE handler compares to refuse another patient's instance into the study.
+"""
 
 from __future__ import annotations
 
@@ -80,6 +84,13 @@ class Study(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     views: Mapped[list[str]] = mapped_column(JSON, default=list)
     missing_views: Mapped[list[str]] = mapped_column(JSON, default=list)
+    patient_salt: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """Random per study (hex), the key of the two digests below."""
+    patient_id_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """HMAC-SHA256 (hex) of the PatientID of the study's first instance, never the value."""
+    patient_issuer_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """HMAC-SHA256 (hex) of its IssuerOfPatientID. All three are NULL for studies recorded
+    before the check existed; the next instance then sets them."""
 
 
 class Instance(Base):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -10,9 +12,15 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from cad_node.assembly import InstanceInfo, quiet_cutoff, views_present_and_missing
+from cad_node.assembly import (
+    InstanceInfo,
+    PatientIdentity,
+    quiet_cutoff,
+    views_present_and_missing,
+)
 from cad_node.audit.models import Event, Instance, Study, new_event, utcnow
 from cad_node.domain import InstanceOutcome, StudyState
+from cad_node.errors import PatientConflictError
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,31 @@ class CompletedStudy:
 
 class DuplicateInstanceError(Exception):
     """The SOP instance is already stored (raised inside the repository, handled by callers)."""
+
+
+def _patient_conflict(study: Study, patient: PatientIdentity) -> PatientConflictError | None:
+    """The error to raise when ``patient`` is not the study's; None when it is (or unknown)."""
+    if study.patient_salt is None:
+        return None
+    id_digest, issuer_digest = patient.digests(bytes.fromhex(study.patient_salt))
+    differs = [
+        name
+        for name, ours, theirs in (
+            ("PatientID", id_digest, study.patient_id_digest),
+            ("IssuerOfPatientID", issuer_digest, study.patient_issuer_digest),
+        )
+        if not hmac.compare_digest(ours, theirs or "")
+    ]
+    if not differs:
+        return None
+    verb = "differs" if len(differs) == 1 else "differ"
+    return PatientConflictError(f"{' and '.join(differs)} {verb} from the study's")
+
+
+def _remember_patient(study: Study, patient: PatientIdentity) -> None:
+    salt = secrets.token_bytes(16)
+    study.patient_salt = salt.hex()
+    study.patient_id_digest, study.patient_issuer_digest = patient.digests(salt)
 
 
 class AuditRepository:
@@ -70,6 +103,19 @@ class AuditRepository:
                 )
             )
 
+    def check_patient(self, study_instance_uid: str, patient: PatientIdentity) -> None:
+        """Raise :class:`PatientConflictError` when the study is known for another patient.
+
+        A cheap early check; :meth:`record_stored` checks again in its transaction.
+        """
+        with self._sessions() as session:
+            study = session.scalar(
+                select(Study).where(Study.study_instance_uid == study_instance_uid)
+            )
+            conflict = None if study is None else _patient_conflict(study, patient)
+        if conflict is not None:
+            raise conflict
+
     def is_stored(self, sop_instance_uid: str) -> bool:
         """True when this SOP instance is already stored."""
         with self._sessions() as session:
@@ -93,7 +139,8 @@ class AuditRepository:
         """Record a stored instance and open (or re-open) its study, in one transaction.
 
         Returns True when the study was re-opened by this instance (it had completed).
-        Raises :class:`DuplicateInstanceError` when the SOP instance was stored already.
+        Raises :class:`DuplicateInstanceError` when the SOP instance was stored already, and
+        :class:`PatientConflictError` (recording nothing) when the study is another patient's.
         """
         for attempt in range(3):
             try:
@@ -117,7 +164,7 @@ class AuditRepository:
     ) -> bool:
         now = utcnow()
         with self._sessions.begin() as session:
-            study, created, reopened = self._touch_study(session, info.study_instance_uid, now)
+            study, created, reopened = self._touch_study(session, info, now)
             session.add(
                 Instance(
                     received_at=now,
@@ -159,8 +206,9 @@ class AuditRepository:
         return reopened
 
     def _touch_study(
-        self, session: Session, study_uid: str, now: datetime
+        self, session: Session, info: InstanceInfo, now: datetime
     ) -> tuple[Study, bool, bool]:
+        study_uid = info.study_instance_uid
         study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
         if study is None:
             study = Study(
@@ -172,9 +220,15 @@ class AuditRepository:
                 views=[],
                 missing_views=[],
             )
+            _remember_patient(study, info.patient)
             session.add(study)
             session.flush()
             return study, True, False
+        conflict = _patient_conflict(study, info.patient)
+        if conflict is not None:
+            raise conflict  # rolls the transaction back: nothing of this instance is recorded
+        if study.patient_salt is None:  # recorded before the check existed
+            _remember_patient(study, info.patient)
         reopened = study.state != StudyState.RECEIVING
         study.state = StudyState.RECEIVING
         study.last_received_at = now

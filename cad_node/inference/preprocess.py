@@ -48,6 +48,7 @@ from skimage.filters import threshold_triangle as _skimage_triangle
 
 from cad_node.assembly import dataset_laterality as assembly_laterality
 from cad_node.errors import InvalidDatasetError, NotAnalysableError
+from cad_node.phi import withhold_values
 
 FloatImage = npt.NDArray[np.float32]
 OrientationBasis = Literal["orientation", "laterality", "image", "default"]
@@ -205,8 +206,9 @@ def pixels_from_dataset(ds: pydicom.Dataset) -> FloatImage:
         frames = int(ds.get("NumberOfFrames") or 1)
         raw = pixel_array(ds, index=0) if frames > 1 else pixel_array(ds)
     except Exception as exc:  # the decoders raise many unrelated types
-        # decoder messages speak of lengths, tags and codestreams, never of patient data
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        # decoder messages speak of lengths, tags and codestreams; anything quoted is withheld
+        first_line = next(iter(str(exc).splitlines()), "")
+        reason = withhold_values(first_line[:200]) or type(exc).__name__
         raise InvalidDatasetError(
             f"pixel data cannot be decoded (transfer syntax {transfer_syntax}): {reason}"
         ) from exc

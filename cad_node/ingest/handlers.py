@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cad_node import dicom_status
+from cad_node import dicom_status, phi
 from cad_node.assembly import identify
 from cad_node.audit.repository import AuditRepository, DuplicateInstanceError
 from cad_node.domain import InstanceOutcome
@@ -21,6 +21,7 @@ from cad_node.errors import (
     CadNodeError,
     MissingUidError,
     OutOfResourcesError,
+    PatientConflictError,
     PixelDataError,
     SopClassMismatchError,
 )
@@ -34,6 +35,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[CadNodeError], int], ...] = (
     (OutOfResourcesError, dicom_status.OUT_OF_RESOURCES),
     (SopClassMismatchError, dicom_status.DATASET_DOES_NOT_MATCH_SOP_CLASS),
     (MissingUidError, dicom_status.CANNOT_UNDERSTAND_MISSING_UID),
+    (PatientConflictError, dicom_status.CANNOT_UNDERSTAND_PATIENT_CONFLICT),
     (PixelDataError, dicom_status.CANNOT_UNDERSTAND_PIXEL_DATA),
     (CadNodeError, dicom_status.CANNOT_UNDERSTAND_UNDECODABLE),
 )
@@ -88,6 +90,7 @@ def handle_store(event: Any, ctx: IngestContext) -> int:
         check_pixel_data(ds)
         info = identify(ds)
         study_uid = info.study_instance_uid
+        ctx.repo.check_patient(study_uid, info.patient)  # before a duplicate is acknowledged
         if ctx.repo.is_stored(sop_uid):
             return _duplicate(ctx, calling_ae, peer, sop_uid, sop_class, study_uid)
         digest = received_file.sha256 if received_file is not None else None
@@ -98,6 +101,10 @@ def handle_store(event: Any, ctx: IngestContext) -> int:
             )
         except DuplicateInstanceError:
             return _duplicate(ctx, calling_ae, peer, sop_uid, sop_class, study_uid)
+        except PatientConflictError:  # another patient's instance raced in and made the study
+            if not ctx.repo.is_stored(sop_uid):
+                ctx.spool.path_of(stored.path).unlink(missing_ok=True)
+            raise
         log.info(
             "stored instance %s of study %s (%s, %.1f MB) from %s%s",
             sop_uid,
@@ -199,7 +206,7 @@ def _internal_error(
         type(exc).__name__,
         dicom_status.describe(status),
     )
-    log.debug("internal error details", exc_info=exc)
+    log.debug("internal error details:\n%s", phi.traceback_text(exc))
     return status
 
 

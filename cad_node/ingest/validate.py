@@ -60,12 +60,23 @@ def _check_values_within_file(ds: Dataset, size: int) -> None:
 
 
 def check_uids(ds: Dataset, *, sop_class_uid: str, sop_instance_uid: str) -> None:
-    """The four identifying UIDs are present and valid and match the C-STORE request."""
+    """The four identifying UIDs are present, of VR UI, single and valid, and match the request.
+
+    A UID sent with another VR (explicit VR keeps it) would otherwise be read as a number: a
+    StudyInstanceUID of VR US and value 1 became study "1", shared by unrelated patients.
+    """
     for keyword in _REQUIRED_UIDS:
-        value = ds.get(keyword)
+        if keyword not in ds:
+            raise MissingUidError(f"{keyword} is missing")
+        elem = ds[keyword]
+        if elem.VR != "UI":
+            raise MissingUidError(f"{keyword} has VR {elem.VR}, not UI")
+        value = elem.value
         if not value:
             raise MissingUidError(f"{keyword} is missing")
-        if not UID(str(value)).is_valid:
+        if not isinstance(value, str):
+            raise MissingUidError(f"{keyword} has {len(value)} values, not one")
+        if not UID(value).is_valid:
             raise MissingUidError(f"{keyword} is not a valid UID")
     if str(ds.SOPInstanceUID) != sop_instance_uid:
         raise SopClassMismatchError("SOPInstanceUID differs from the C-STORE request")

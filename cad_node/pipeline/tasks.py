@@ -14,6 +14,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 
+from cad_node import phi
+from cad_node.assembly import require_one_patient
 from cad_node.audit.jobs import ResultObject, StaleJobError
 from cad_node.delivery.outbox import DeliverySummary
 from cad_node.domain import JobState
@@ -49,6 +51,7 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
     if start is None:
         return None
     uid = start.study_instance_uid
+    sources: list[Dataset] = []
     try:
         model = ctx.model()
         spool = ctx.settings.spool_dir
@@ -56,6 +59,9 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
         # Instances the model cannot analyse (tomosynthesis can be gigabytes) are reported
         # from their headers alone.
         sources += [dcmread(spool / p, stop_before_pixels=True) for p in start.other_paths]
+        # The C-STORE handler refuses another patient's instance; this catches any study
+        # recorded before that check, or stored around it.
+        require_one_patient(sources)
         analysis = analyse_study(uid, sources, model)
         objects: list[ResultObject] = []
         if analysis.images or analysis.errors:
@@ -110,7 +116,7 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
             "job %d attempt %d went stale; its results are discarded", job_id, start.attempt
         )
         return None
-    except CadNodeError as exc:
+    except CadNodeError as exc:  # our messages never carry patient data
         terminal = not exc.retryable or start.attempt >= MAX_ANALYSIS_ATTEMPTS
         ctx.jobs.fail_job(job_id, str(exc), terminal=terminal)
         log.error("job %d (study %s) failed: %s", job_id, uid, exc)
@@ -118,11 +124,18 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
             raise
         return JobState.FAILED
     except Exception as exc:
+        # A library's message may quote a patient's value (pydicom: "Unable to convert
+        # '<birth date>' to 'DA'"): record where it failed and which elements are invalid.
         terminal = start.attempt >= MAX_ANALYSIS_ATTEMPTS
-        ctx.jobs.fail_job(job_id, f"internal error: {type(exc).__name__}: {exc}", terminal=terminal)
-        log.exception("job %d (study %s) failed", job_id, uid)
+        error = f"internal error: {phi.describe_exception(exc)}"
+        invalid = phi.invalid_values(sources)
+        if invalid:
+            error += f"; invalid values in the study: {'; '.join(invalid)}"
+        ctx.jobs.fail_job(job_id, error, terminal=terminal)
+        log.error("job %d (study %s) failed: %s", job_id, uid, error)
+        log.debug("job %d traceback:\n%s", job_id, phi.traceback_text(exc))
         if not terminal:
-            raise
+            raise CadNodeError(error, retryable=True) from None
         return JobState.FAILED
 
 
