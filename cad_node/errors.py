@@ -55,12 +55,20 @@ class UndecodableDatasetError(InvalidDatasetError):
     """The byte stream is not a parseable DICOM dataset."""
 
 
+class UnreadableElementError(UndecodableDatasetError):
+    """An element's value cannot be read: an unknown VR, or a value its VR cannot hold."""
+
+
 class MissingUidError(InvalidDatasetError):
     """A required UID is missing or malformed."""
 
 
 class PixelDataError(InvalidDatasetError):
     """Pixel data is absent, truncated or inconsistent with the image attributes."""
+
+
+class UndecodablePixelDataError(PixelDataError):
+    """The pixel data's codestream does not decode (or its header contradicts the dataset)."""
 
 
 class ReportingError(CadNodeError):
