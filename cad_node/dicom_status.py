@@ -21,7 +21,15 @@ CANNOT_UNDERSTAND_MISSING_UID: Final = 0xC220
 """A required UID (study, series, SOP instance, SOP class) is missing or malformed."""
 CANNOT_UNDERSTAND_PIXEL_DATA: Final = 0xC230
 """Pixel data is absent, truncated or inconsistent with the image attributes."""
-CANNOT_UNDERSTAND_PATIENT_CONFLICT: Final = 0xC240
+CANNOT_UNDERSTAND_PIXEL_ENCODING: Final = 0xC231
+"""The first frame's pixel data does not decode (a corrupt or mismatched codestream): "Cannot
+understand" (PS3.4 Annex B Table B.2-1), refused rather than stored and failed later."""
+CANNOT_UNDERSTAND_ELEMENT_VALUE: Final = 0xC240
+"""An element's value cannot be read (a VR that is not one of PS3.5's, a value its VR cannot
+hold): a failure in the "Cannot understand" range (0xC000-0xCFFF, PS3.4 Annex B Table B.2-1),
+not a processing failure (0x0110) that invites the peer to send the same bytes again. (0xC211
+is what pynetdicom answers when a handler raises, so it is not used here.)"""
+CANNOT_UNDERSTAND_PATIENT_CONFLICT: Final = 0xC250
 """The instance's PatientID or IssuerOfPatientID differs from those of its (known) study.
 
 A failure of the "Error: Cannot understand" family (PS3.4 Table B.2-1, C000-CFFF), not 0xA900
@@ -42,6 +50,8 @@ DESCRIPTIONS: Final[dict[int, str]] = {
     CANNOT_UNDERSTAND_UNDECODABLE: "cannot understand: undecodable dataset",
     CANNOT_UNDERSTAND_MISSING_UID: "cannot understand: missing or invalid UID",
     CANNOT_UNDERSTAND_PIXEL_DATA: "cannot understand: pixel data missing or inconsistent",
+    CANNOT_UNDERSTAND_PIXEL_ENCODING: "cannot understand: pixel data does not decode",
+    CANNOT_UNDERSTAND_ELEMENT_VALUE: "cannot understand: an element value cannot be read",
     CANNOT_UNDERSTAND_PATIENT_CONFLICT: "cannot understand: patient differs from the study's",
     PROCESSING_FAILURE: "processing failure",
     WARNING_COERCION: "coercion of data elements",

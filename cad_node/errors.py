@@ -55,6 +55,10 @@ class UndecodableDatasetError(InvalidDatasetError):
     """The byte stream is not a parseable DICOM dataset."""
 
 
+class UnreadableElementError(UndecodableDatasetError):
+    """An element's value cannot be read: an unknown VR, or a value its VR cannot hold."""
+
+
 class MissingUidError(InvalidDatasetError):
     """A required UID is missing or malformed (wrong VR, more than one value, invalid UID)."""
 
@@ -69,6 +73,10 @@ class PatientConflictError(InvalidDatasetError):
 
 class PixelDataError(InvalidDatasetError):
     """Pixel data is absent, truncated or inconsistent with the image attributes."""
+
+
+class UndecodablePixelDataError(PixelDataError):
+    """The pixel data's codestream does not decode (or its header contradicts the dataset)."""
 
 
 class ReportingError(CadNodeError):

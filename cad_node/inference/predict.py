@@ -140,6 +140,17 @@ def _detections_in_source(
     return out
 
 
+def image_problem(exc: BaseException) -> str:
+    """What went wrong with one image, fit for logs and results: never an element's value.
+
+    The node's own errors carry no patient data; other exceptions (pydicom's, numpy's) may
+    quote values, so only their type is kept.
+    """
+    if isinstance(exc, CadNodeError):
+        return str(exc)
+    return f"image cannot be read or prepared ({type(exc).__name__})"
+
+
 def analyse_study(
     study_instance_uid: str,
     datasets: Sequence[Dataset],
@@ -154,29 +165,23 @@ def analyse_study(
     errors: list[dict[str, str]] = []
     not_analysed: list[dict[str, str]] = []
     for ds in datasets:
-        info = identify(ds)
-        if not info.analysable or info.view is None:
-            not_analysed.append(
-                {"sop_instance_uid": info.sop_instance_uid, "reason": str(info.not_analysed_reason)}
-            )
-            continue
+        sop_uid = str(ds.get("SOPInstanceUID", "?"))
         try:
+            info = identify(ds)
+            if not info.analysable or info.view is None:
+                reason = str(info.not_analysed_reason)
+                not_analysed.append({"sop_instance_uid": sop_uid, "reason": reason})
+                continue
             display = pixels_from_dataset(ds)
-            prepared.append(
-                (
-                    info.sop_instance_uid,
-                    info.view,
-                    display,
-                    preprocess_dataset(ds, config, pixels=display),
-                )
-            )
-        except CadNodeError as exc:
-            errors.append({"sop_instance_uid": info.sop_instance_uid, "error": str(exc)})
+            pre = preprocess_dataset(ds, config, pixels=display)
+            prepared.append((sop_uid, info.view, display, pre))
+        except MemoryError:
+            raise  # the machine's trouble, not the image's: the job is retried
+        except Exception as exc:  # one bad image never stops the rest of the study
+            problem = image_problem(exc)
+            errors.append({"sop_instance_uid": sop_uid, "error": problem})
             log.warning(
-                "image %s of study %s not analysed: %s",
-                info.sop_instance_uid,
-                study_instance_uid,
-                exc,
+                "image %s of study %s not analysed: %s", sop_uid, study_instance_uid, problem
             )
 
     images: list[ImageResult] = []

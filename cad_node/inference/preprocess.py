@@ -41,14 +41,13 @@ import pydicom
 import torch
 import torch.nn.functional as F
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
-from pydicom.pixels.utils import pixel_array
 from scipy import ndimage
 from skimage.filters import threshold_otsu as _skimage_otsu
 from skimage.filters import threshold_triangle as _skimage_triangle
 
 from cad_node.assembly import dataset_laterality as assembly_laterality
 from cad_node.errors import InvalidDatasetError, NotAnalysableError
-from cad_node.phi import withhold_values
+from cad_node.inference.decode import decode_first_frame
 
 FloatImage = npt.NDArray[np.float32]
 OrientationBasis = Literal["orientation", "laterality", "image", "default"]
@@ -201,17 +200,7 @@ def pixels_from_dataset(ds: pydicom.Dataset) -> FloatImage:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric == "PALETTE COLOR":
         raise NotAnalysableError("palette colour images cannot be analysed")
-    transfer_syntax = _transfer_syntax_name(ds)
-    try:
-        frames = int(ds.get("NumberOfFrames") or 1)
-        raw = pixel_array(ds, index=0) if frames > 1 else pixel_array(ds)
-    except Exception as exc:  # the decoders raise many unrelated types
-        # decoder messages speak of lengths, tags and codestreams; anything quoted is withheld
-        first_line = next(iter(str(exc).splitlines()), "")
-        reason = withhold_values(first_line[:200]) or type(exc).__name__
-        raise InvalidDatasetError(
-            f"pixel data cannot be decoded (transfer syntax {transfer_syntax}): {reason}"
-        ) from exc
+    raw = decode_first_frame(ds)
 
     samples = int(ds.get("SamplesPerPixel") or 1)
     if samples > 1:
@@ -311,12 +300,6 @@ def _voi_output_range(ds: pydicom.Dataset, *, use_lut: bool) -> tuple[float, flo
     with np.errstate(over="ignore", invalid="ignore"):
         out = np.asarray(apply_voi_lut(probe, ds, index=0), dtype=np.float64)
     return float(out.min()), float(out.max())
-
-
-def _transfer_syntax_name(ds: pydicom.Dataset) -> str:
-    meta = getattr(ds, "file_meta", None)
-    uid = meta.get("TransferSyntaxUID") if meta is not None else None
-    return str(getattr(uid, "name", uid)) if uid is not None else "unknown"
 
 
 # --------------------------------------------------------------------------------------------

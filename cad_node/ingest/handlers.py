@@ -24,10 +24,12 @@ from cad_node.errors import (
     PatientConflictError,
     PixelDataError,
     SopClassMismatchError,
+    UndecodablePixelDataError,
+    UnreadableElementError,
 )
 from cad_node.ingest.receive_path import receiving_file
 from cad_node.ingest.spool import Spool, is_out_of_space
-from cad_node.ingest.validate import check_pixel_data, check_uids, read_header
+from cad_node.ingest.validate import check_pixel_data, check_pixels_decode, check_uids, read_header
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,9 @@ _STATUS_BY_ERROR: tuple[tuple[type[CadNodeError], int], ...] = (
     (SopClassMismatchError, dicom_status.DATASET_DOES_NOT_MATCH_SOP_CLASS),
     (MissingUidError, dicom_status.CANNOT_UNDERSTAND_MISSING_UID),
     (PatientConflictError, dicom_status.CANNOT_UNDERSTAND_PATIENT_CONFLICT),
+    (UndecodablePixelDataError, dicom_status.CANNOT_UNDERSTAND_PIXEL_ENCODING),
     (PixelDataError, dicom_status.CANNOT_UNDERSTAND_PIXEL_DATA),
+    (UnreadableElementError, dicom_status.CANNOT_UNDERSTAND_ELEMENT_VALUE),
     (CadNodeError, dicom_status.CANNOT_UNDERSTAND_UNDECODABLE),
 )
 
@@ -88,6 +92,7 @@ def handle_store(event: Any, ctx: IngestContext) -> int:
         ds = read_header(received)
         check_uids(ds, sop_class_uid=sop_class, sop_instance_uid=sop_uid)
         check_pixel_data(ds)
+        check_pixels_decode(ds, received)
         info = identify(ds)
         study_uid = info.study_instance_uid
         ctx.repo.check_patient(study_uid, info.patient)  # before a duplicate is acknowledged

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -41,6 +42,35 @@ def _encode(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+def _read_sources(
+    spool: Path,
+    paths: list[str],
+    study_uid: str,
+    unreadable: list[dict[str, str]],
+    *,
+    headers_only: bool = False,
+) -> list[Dataset]:
+    """Read stored instances; one that cannot be read is that image's error, not the job's."""
+    read: list[Dataset] = []
+    for relative in paths:
+        sop_uid = Path(relative).stem  # the spool names each file after its instance
+        try:
+            ds = dcmread(spool / relative, stop_before_pixels=headers_only)
+        except MemoryError:
+            raise
+        except Exception as exc:  # pydicom's messages may quote values: the type only
+            problem = f"stored file cannot be read ({type(exc).__name__})"
+        else:
+            # pydicom returns what it could read of a cut file, maybe not even its UIDs
+            if str(ds.get("SOPInstanceUID", "")) == sop_uid and "StudyInstanceUID" in ds:
+                read.append(ds)
+                continue
+            problem = "stored file lacks its instance's UIDs (cut short?)"
+        unreadable.append({"sop_instance_uid": sop_uid, "error": problem})
+        log.warning("image %s of study %s not analysed: %s", sop_uid, study_uid, problem)
+    return read
+
+
 def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
     """Run inference on the job's study and write the result objects to the outbox.
 
@@ -55,14 +85,16 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
     try:
         model = ctx.model()
         spool = ctx.settings.spool_dir
-        sources = [dcmread(spool / p) for p in start.instance_paths]
+        unreadable: list[dict[str, str]] = []
+        sources = _read_sources(spool, start.instance_paths, uid, unreadable)
         # Instances the model cannot analyse (tomosynthesis can be gigabytes) are reported
         # from their headers alone.
-        sources += [dcmread(spool / p, stop_before_pixels=True) for p in start.other_paths]
+        sources += _read_sources(spool, start.other_paths, uid, unreadable, headers_only=True)
         # The C-STORE handler refuses another patient's instance; this catches any study
         # recorded before that check, or stored around it.
         require_one_patient(sources)
         analysis = analyse_study(uid, sources, model)
+        analysis.errors.extend(unreadable)
         objects: list[ResultObject] = []
         if analysis.images or analysis.errors:
             previous = [

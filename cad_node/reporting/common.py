@@ -8,20 +8,22 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any, Final
 
-from highdicom import ContributingEquipment
+from highdicom import ContributingEquipment, PatientSexValues
 from highdicom.sr import (
     DeviceObserverIdentifyingAttributes,
     ObservationContext,
     ObserverContext,
 )
+from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as pydicom_codes
 from pydicom.uid import UID, generate_uid
+from pydicom.valuerep import DA, TM
 
 from cad_node.domain import STANDARD_VIEWS, Laterality, ViewPosition
 from cad_node.errors import ReportingError as ReportingError  # re-exported for callers
@@ -223,17 +225,56 @@ def sr_document_arguments(
     }
 
 
-def header(ds: Dataset) -> Dataset:
-    """A pixel-free copy of a source with absent Type 2 patient/study attributes left empty.
+_PARSED_BY_HIGHDICOM: Final[dict[str, Callable[[str], object]]] = {
+    "PatientBirthDate": partial(DA, validation_mode=config.IGNORE),
+    "PatientSex": PatientSexValues,
+    "StudyDate": partial(DA, validation_mode=config.IGNORE),
+    "StudyTime": partial(TM, validation_mode=config.IGNORE),
+}
+"""Patient and study attributes highdicom parses from the first evidence dataset (and refuses
+when they do not parse): a birth date written ``1907-11-23`` would sink the whole report."""
 
-    highdicom reads these attributes from the first evidence dataset; archives often omit them.
+
+def header(ds: Dataset) -> Dataset:
+    """A pixel-free copy of a source whose patient/study attributes highdicom accepts.
+
+    highdicom reads these attributes from the first evidence dataset. Absent Type 2 ones
+    (archives often omit them) are left empty, and so are those whose values highdicom cannot
+    parse (a date in the wrong format): empty means unknown, which is true of a value that
+    cannot be read, whereas a value repaired here would be made up. Patient and study stay
+    identified by their IDs and UIDs, copied as the source has them. An element whose value
+    cannot be read at all is left out.
     """
+    sop_uid = str(ds.get("SOPInstanceUID", "?"))
     copy = Dataset()
-    for element in ds:
-        if element.tag.group != 0x7FE0:
-            copy.add(element)
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset would hide which tag failed
+        if tag.group == 0x7FE0:
+            continue
+        try:
+            copy.add(ds[tag])
+        except Exception as exc:  # pydicom's messages quote values: the type only
+            log.warning(
+                "source %s: element %s cannot be read (%s); left out of the results",
+                sop_uid,
+                tag,
+                type(exc).__name__,
+            )
     for keyword in _PATIENT_STUDY_TYPE2:
         if keyword not in copy:
+            setattr(copy, keyword, None)
+    for keyword, parse in _PARSED_BY_HIGHDICOM.items():
+        value = copy.get(keyword)
+        if value is None or value == "":
+            continue
+        try:
+            parse(str(value))
+        except (TypeError, ValueError):
+            log.warning(
+                "source %s: %s is not a valid %s value; left empty in the results",
+                sop_uid,
+                keyword,
+                copy[keyword].VR,
+            )
             setattr(copy, keyword, None)
     return copy
 

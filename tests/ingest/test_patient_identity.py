@@ -85,7 +85,7 @@ def test_instance_of_another_patient_is_refused(
     study = node.repo.show_study(uid)
     assert study is not None
     assert [i["outcome"] for i in study["instances"]] == ["stored"] * 3 + ["rejected"]
-    assert study["instances"][-1]["status"] == "0xC240"
+    assert study["instances"][-1]["status"] == "0xC250"
     [event] = _rejections(node)
     assert event["detail"] == "PatientID differs from the study's"
     assert event["study_instance_uid"] == uid
