@@ -135,10 +135,8 @@ def test_no_patient_data_in_logs_or_database(
 
     uids = [str(valid[0].StudyInstanceUID), str(invalid[0].StudyInstanceUID)]
     jobs = wait_for(lambda: _jobs_settled(node, uids), timeout=90)
-    assert jobs[0]["state"] == "done"
-    # The study with invalid values fails its analysis, naming the elements and not the values.
-    assert jobs[1]["state"] == "failed"
-    assert "PatientBirthDate (0010,0030): not a valid DA value" in jobs[1]["error"]
+    # The study with invalid values is analysed too: its results leave those values empty.
+    assert [j["state"] for j in jobs] == ["done", "done"]
 
     logged = caplog.text + "\n".join(r.getMessage() + str(r.exc_text or "") for r in caplog.records)
     assert not NEEDLES.findall(logged), [
