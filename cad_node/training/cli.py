@@ -67,6 +67,7 @@ def _train(
     lesion_channel: str,
     variants: int | None,
     mirror_tta: bool,
+    heads: int,
     threads: int | None,
     out_dir: Path | None,
     export_name: str | None,
@@ -107,6 +108,7 @@ def _train(
         "lesion_channel": lesion_channel,
         "variants": variants,
         "mirror_tta": mirror_tta,
+        "heads": heads,
     }
     for key, value in {
         "image_size": image_size,
@@ -266,6 +268,14 @@ TRAIN_OPTIONS: list[Decorator] = [
         is_flag=True,
         help="lite0-lesion: score each film as the mean of its maps and its top-bottom "
         "mirror's (test-time augmentation; needs --variants 2 or more).",
+    ),
+    click.option(
+        "--heads",
+        type=click.IntRange(1, 8),
+        default=1,
+        show_default=True,
+        help="lite0-lesion: lesion heads per fit, trained with other seeds, maps averaged "
+        "(an ensemble; training time grows with it).",
     ),
     click.option("--threads", type=int, help="torch CPU threads."),
     click.option("--out-dir", type=_PATH, help="Reports folder [var/training/TASK-TIME]."),

@@ -49,6 +49,8 @@ from cad_node.training.efficientnet_lite import WEIGHTS_FILE
 from cad_node.training.lesion_net import (
     CHANNELS,
     STRIDE,
+    HeadEnsemble,
+    LesionHead,
     LiteLesionNet,
     breast_cells,
     detections_from_map,
@@ -90,6 +92,8 @@ class LesionConfig:
     variants: int = 4
     mirror_tta: bool = False
     """Score films as the mean of their maps and their mirror's (needs ``variants`` >= 2)."""
+    heads: int = 1
+    """Lesion heads per fit, trained with other seeds; their maps are averaged."""
     tail_stages: int = 0
     tail_epochs: int = 4
     bn_train: bool = False
@@ -119,6 +123,7 @@ class LesionConfig:
             "top_k_fraction": self.top_k_fraction,
             "dropout": self.dropout,
             "mirror_tta": self.mirror_tta,
+            "heads": self.heads,
         }
 
 
@@ -406,7 +411,7 @@ def fit_head(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     # the backbone's ImageNet weights: the tail stages train from them, and export keeps them
-    net = LiteLesionNet(**cfg.net_kwargs(), pretrained=True)
+    net = LiteLesionNet(**{**cfg.net_kwargs(), "heads": 1}, pretrained=True)
     net.set_trainable_tail(0)
     net.bn_train = cfg.bn_train
     lab = feats.labels[train_idx]
@@ -439,6 +444,20 @@ def fit_head(
                 loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
                 sched.step()
+    return net.eval()
+
+
+def fit_heads(
+    feats: FeatureSet, train_idx: npt.NDArray[np.int64], cfg: LesionConfig, *, seed: int
+) -> LiteLesionNet:
+    """:func:`fit_head`, or with ``cfg.heads`` > 1 that many heads of other seeds in one net."""
+    if cfg.heads == 1:
+        return fit_head(feats, train_idx, cfg, seed=seed)
+    if cfg.tail_stages:
+        raise InvalidDatasetError("an ensemble of heads needs a frozen backbone (tail_stages 0)")
+    nets = [fit_head(feats, train_idx, cfg, seed=seed + 7919 * j) for j in range(cfg.heads)]
+    net = nets[0]
+    net.head = HeadEnsemble([n.head for n in nets if isinstance(n.head, LesionHead)])
     return net.eval()
 
 
@@ -621,12 +640,12 @@ def cross_validate_lesion(
         for k, (tr, va) in enumerate(folds):
             inner = np.full(n, np.nan)
             for itr, iva in inner_folds(groups, y, tr, cfg.inner_folds, seed + k):
-                net = fit_head(feats, itr, cfg, seed=seed + 17 * k + len(itr))
+                net = fit_heads(feats, itr, cfg, seed=seed + 17 * k + len(itr))
                 inner[iva] = predict_maps(net, feats, iva, cfg)[0][:, cfg.channel]
-                epochs_run += cfg.epochs + cfg.tail_stages * cfg.tail_epochs
+                epochs_run += cfg.heads * cfg.epochs + cfg.tail_stages * cfg.tail_epochs
             comb = fit_combiner(inner[tr], other_logits(inner, feats.other, tr), y[tr])
-            net = fit_head(feats, tr, cfg, seed=seed + k)
-            epochs_run += cfg.epochs + cfg.tail_stages * cfg.tail_epochs
+            net = fit_heads(feats, tr, cfg, seed=seed + k)
+            epochs_run += cfg.heads * cfg.epochs + cfg.tail_stages * cfg.tail_epochs
             logits, maps = predict_maps(net, feats, va, cfg)
             test = np.full(n, np.nan)
             test[va] = logits[:, cfg.channel]

@@ -90,12 +90,25 @@ class LesionHead(nn.Module):
         return out
 
 
+class HeadEnsemble(nn.Module):
+    """Lesion heads trained apart (other seeds); their logit maps are averaged."""
+
+    def __init__(self, heads: list[LesionHead]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(heads)
+
+    def forward(self, s16: torch.Tensor, s32: torch.Tensor) -> torch.Tensor:
+        maps = [member(s16, s32) for member in self.members]
+        return torch.stack(maps).mean(dim=0)
+
+
 class LiteLesionNet(nn.Module):
     """Grey mammogram in [0, 1] -> image logit of ``channel``; lesion maps on request.
 
     ``pretrained`` loads the ImageNet weights of the installed EfficientNet-Lite0 package (for
     training); a model folder's weights replace them all. With ``mirror_tta`` the maps are the
-    mean over the film and its top-bottom mirror (:func:`merge_mirrored`).
+    mean over the film and its top-bottom mirror (:func:`merge_mirrored`); with ``heads`` > 1
+    the head is a :class:`HeadEnsemble`.
     """
 
     def __init__(
@@ -107,6 +120,7 @@ class LiteLesionNet(nn.Module):
         head: str = "conv",
         pretrained: bool = False,
         mirror_tta: bool = False,
+        heads: int = 1,
     ) -> None:
         super().__init__()
         self.channel = channel
@@ -118,7 +132,11 @@ class LiteLesionNet(nn.Module):
             state = {k: v for k, v in rgb.state_dict().items() if not k.startswith("_fc")}
             state["_conv_stem.weight"] = grey_stem_weight(state["_conv_stem.weight"])
             self.backbone.load_state_dict(state, strict=True)
-        self.head = LesionHead(head_width, dropout, head)
+        self.head: LesionHead | HeadEnsemble = (
+            LesionHead(head_width, dropout, head)
+            if heads == 1
+            else HeadEnsemble([LesionHead(head_width, dropout, head) for _ in range(heads)])
+        )
         self.trainable_tail = 0
         self.bn_train = False
 

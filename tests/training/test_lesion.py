@@ -18,12 +18,13 @@ from cad_node.training.lesion import (
     disc_targets,
     fast_lesion_config,
     fit_combiner,
+    fit_heads,
     froc,
     other_breast,
     predict_maps,
     task_lesions,
 )
-from cad_node.training.lesion_net import LiteLesionNet
+from cad_node.training.lesion_net import HeadEnsemble, LiteLesionNet
 
 
 def test_disc_targets_mark_cells_inside_each_disc() -> None:
@@ -129,3 +130,30 @@ def test_every_variant_moves_lesions_with_the_film() -> None:
         centre = (rr.mean(), cc.mean())
         assert abs(centre[0] - row) <= 1.0 and abs(centre[1] - col) <= 1.0, (v, centre, row, col)
         assert malignant and radius == 3.0 * VARIANTS[v][3]
+
+
+def test_an_ensemble_of_heads_averages_maps_and_loads_as_one_net(
+    mias_dir: Path, tmp_path: Path
+) -> None:
+    csv = mias_dir / "mias_labels_1024.csv"
+    wanted = {"mdb001", "mdb002", "mdb003", "mdb004", "mdb005", "mdb006"}
+    samples = [s for s in dsets.load_mias_csv(csv) if s.sample_id in wanted]
+    lesions_csv = mias_dir / "mias_abnormalities.csv"
+    lesions = dsets.load_mias_lesions(lesions_csv, size=1024)
+    cfg = fast_lesion_config(cache_dir=tmp_path, progress=False, heads=2)
+    feats = build_features(samples, lesions, dsets.mias_finding_counts(lesions_csv), cfg)
+    idx = np.arange(len(samples))
+    net = fit_heads(feats, idx, cfg, seed=3)
+    assert isinstance(net.head, HeadEnsemble) and len(net.head.members) == 2
+    _, maps = predict_maps(net, feats, idx, cfg)
+    single = dataclasses.replace(cfg, heads=1)
+    members = []
+    for member in net.head.members:
+        one = LiteLesionNet(**single.net_kwargs())
+        one.head = member  # type: ignore[assignment]
+        members.append(predict_maps(one.eval(), feats, idx, single)[1])
+    assert np.abs(members[0] - members[1]).max() > 1e-3  # other seeds, other heads
+    np.testing.assert_allclose(maps, (members[0] + members[1]) / 2, atol=1e-5)
+    # the exported shape: a fresh net of two heads takes the trained weights strictly
+    fresh = LiteLesionNet(**cfg.net_kwargs())
+    fresh.load_state_dict(net.state_dict(), strict=True)
