@@ -47,7 +47,7 @@ def model_folder(tmp: Path, explicit: Path | None, stand_in: bool = False) -> Pa
     if explicit:
         return explicit
     from cad_node.errors import ModelError
-    from cad_node.inference.model import default_model_path
+    from cad_node.model_folder import default_model_path
     from cad_node.training.architectures import build_model
     from cad_node.training.export import export_model_folder
 

@@ -102,7 +102,7 @@ def _warn_about_model(settings: Settings) -> None:
     """Say at start-up, not only per job, when studies cannot be analysed or the model is
     not validated."""
     from cad_node.errors import ModelError
-    from cad_node.inference.model import model_warning
+    from cad_node.model_folder import model_warning
 
     try:
         warning = model_warning(settings.model_path)
@@ -367,8 +367,9 @@ def predict(
 
     from cad_node.assembly import patient_key
     from cad_node.errors import ModelError
-    from cad_node.inference.model import load_cad_model, validation_warning
+    from cad_node.inference.model import load_cad_model
     from cad_node.inference.predict import DECISION_SUPPORT, analyse_study
+    from cad_node.model_folder import validation_warning
 
     settings = ctx.settings
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -536,7 +537,7 @@ def demo(ctx: Context, quiet_seconds: float) -> None:
     """
     from cad_node.demo import run_demo
     from cad_node.errors import ModelError
-    from cad_node.inference.model import default_model_path
+    from cad_node.model_folder import default_model_path
 
     settings = ctx.settings.model_copy(
         update={"host": "127.0.0.1", "port": 0, "study_quiet_seconds": quiet_seconds}

@@ -24,8 +24,8 @@ from pydicom.dataset import Dataset
 from cad_node.assembly import identify, patient_key
 from cad_node.audit.jobs import JobRepository
 from cad_node.domain import JobState
-from cad_node.inference.model import model_warning
 from cad_node.inference.predict import DECISION_SUPPORT
+from cad_node.model_folder import model_warning
 from cad_node.node import Node
 from cad_node.settings import Settings
 

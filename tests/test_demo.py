@@ -37,8 +37,7 @@ def test_demo_analyses_both_exams_and_writes_a_montage(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_demo_with_the_installed_default_model(tmp_path: Path) -> None:
     """What `scripts/demo` runs: no model configured, so models/DEFAULT analyses the exams."""
-    from cad_node.inference.model import default_model_path, validation_warning
-    from cad_node.training.export import read_manifest
+    from cad_node.model_folder import default_model_path, read_manifest, validation_warning
 
     settings = make_settings(tmp_path / "data", study_quiet_seconds=1.0)
     assert not settings.model

@@ -21,11 +21,9 @@ from torch import nn
 from cad_node.breast_score import BreastCombiner
 from cad_node.errors import ModelError
 from cad_node.inference.preprocess import PreprocessConfig
+from cad_node.model_folder import default_model_path, load_model_folder, validation_warning
 
 log = logging.getLogger(__name__)
-
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-"""The checkout's ``models/`` folder; ``models/DEFAULT`` names the default model's folder."""
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -35,46 +33,6 @@ def resolve_device(setting: str) -> torch.device:
     if setting == "auto":
         setting = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(setting)
-
-
-def default_model_path(models_dir: Path = MODELS_DIR) -> Path:
-    """The folder named by ``models/DEFAULT``; a clear error when no model is installed."""
-    pointer = models_dir / "DEFAULT"
-    if not pointer.is_file():
-        raise ModelError(
-            f"no model installed: {pointer} does not exist. Train and export one with "
-            "`cad-node train`, or pass --model PATH / set CAD_NODE_MODEL."
-        )
-    return models_dir / pointer.read_text().strip()
-
-
-def validation_warning(manifest: dict[str, Any]) -> str | None:
-    """Why a model's scores should not be trusted, from its manifest; None when validated.
-
-    A model is validated when the 95% interval of its cross-validated AUC lies above 0.5.
-    """
-    label = f"model {manifest.get('name', '?')} {manifest.get('version', '?')}"
-    if manifest.get("smoke_test"):
-        return f"{label} is a smoke-test model; its scores mean nothing"
-    auc = dict(manifest.get("metrics", {}).get("cross_validated", {}).get("auc", {}))
-    if not auc.get("ci95"):
-        return f"{label} has no cross-validated AUC in its manifest; its quality is unmeasured"
-    low, high = (float(v) for v in auc["ci95"])
-    if low > 0.5:
-        return None
-    return (
-        f"{label}: cross-validated AUC {float(auc['value']):.2f} (95% CI {low:.2f}-{high:.2f}) "
-        "is not shown to be better than chance; its scores carry no diagnostic information "
-        "(see its MODEL_CARD.md)"
-    )
-
-
-def model_warning(path: Path | None = None) -> str | None:
-    """:func:`validation_warning` of a model folder (default: ``models/DEFAULT``), read from
-    its manifest without loading the weights; ModelError when there is no model there."""
-    from cad_node.training.export import read_manifest
-
-    return validation_warning(read_manifest(path or default_model_path()))
 
 
 def _cam_layer(module: nn.Module, size: tuple[int, int]) -> str:
@@ -275,8 +233,6 @@ class CadModel:
 
 def load_cad_model(path: Path | None = None, device: str = "auto") -> CadModel:
     """Load and verify a model folder (default: ``models/DEFAULT``) onto ``device``."""
-    from cad_node.training.export import load_model_folder
-
     folder = path or default_model_path()
     module, manifest = load_model_folder(folder)
     for key in ("name", "version"):

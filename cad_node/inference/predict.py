@@ -29,6 +29,7 @@ from cad_node.inference.preprocess import (
     pixels_from_dataset,
     preprocess_dataset,
 )
+from cad_node.lesion_map import detections_from_map
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +123,6 @@ def _detections_in_source(
 ) -> list[dict[str, float]]:
     """The lesion map's local maxima at or above the model's detection threshold, mapped to
     source pixels (x = column)."""
-    from cad_node.training.lesion_net import detections_from_map
-
     out = []
     scale = float(np.mean(pre.record.scale))
     floor = model.detection_threshold

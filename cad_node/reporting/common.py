@@ -97,7 +97,7 @@ class Algorithm:
 
     @classmethod
     def from_model(cls, model: CadModel) -> Algorithm:
-        from cad_node.inference.model import validation_warning
+        from cad_node.model_folder import validation_warning
 
         caveat = NOT_VALIDATED if validation_warning(model.manifest) else ""
         return cls(

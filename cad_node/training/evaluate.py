@@ -11,9 +11,10 @@ import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
+from cad_node.model_folder import load_model_folder, read_manifest
 from cad_node.training import datasets as dsets
 from cad_node.training import metrics as M
-from cad_node.training.export import load_model_folder, predict_proba, read_manifest
+from cad_node.training.export import predict_proba
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def evaluate_model_folder(
 ) -> dict[str, Any]:
     """Metrics of a model folder (default: the installed default model) at its manifest
     threshold (or ``threshold``), with AUC CI; ``lesions_csv`` adds a FROC for lesion models."""
-    from cad_node.inference.model import default_model_path
+    from cad_node.model_folder import default_model_path
 
     model_dir = model_dir or default_model_path()
     manifest = read_manifest(model_dir)

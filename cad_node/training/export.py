@@ -7,47 +7,24 @@ weights whose sha256 differs from the manifest.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 from torch import nn
 
 from cad_node.errors import ModelError
-from cad_node.training.architectures import build_model
-
-WEIGHTS = "weights.safetensors"
-MANIFEST = "manifest.json"
-CARD = "MODEL_CARD.md"
-FORMAT_VERSION = 1
-REQUIRED_KEYS = (
-    "name",
-    "version",
-    "architecture",
-    "architecture_kwargs",
-    "input",
-    "class_names",
-    "positive_class",
-    "threshold",
-    "weights_sha256",
-    "training_data",
-    "metrics",
-    "created",
+from cad_node.model_folder import (
+    CARD,
+    FORMAT_VERSION,
+    MANIFEST,
+    REQUIRED_KEYS,
+    WEIGHTS,
+    sha256_file,
 )
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fmt_metric(entry: Mapping[str, Any]) -> str:
@@ -227,48 +204,6 @@ def export_model_folder(
     (out_dir / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
     (out_dir / CARD).write_text(model_card(full))
     return out_dir
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    """Read and check a model folder's manifest."""
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise ModelError(f"no {MANIFEST} in model folder {path}")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"unreadable manifest in {path}: {exc}") from exc
-    if not isinstance(manifest, dict):
-        raise ModelError(f"manifest in {path} is not an object")
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise ModelError(f"manifest in {path} lacks {missing}")
-    return manifest
-
-
-def load_model_folder(path: Path | str) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the model of a folder in eval mode after verifying its weights' sha256."""
-    folder = Path(path)
-    manifest = read_manifest(folder)
-    weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise ModelError(f"no {WEIGHTS} in model folder {folder}")
-    data = weights.read_bytes()  # verified and loaded from the same bytes
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != manifest["weights_sha256"]:
-        raise ModelError(
-            f"weights of {folder} fail their checksum (manifest {manifest['weights_sha256'][:12]}, "
-            f"file {actual[:12]})"
-        )
-    model = build_model(str(manifest["architecture"]), **dict(manifest["architecture_kwargs"]))
-    try:
-        model.load_state_dict(load_safetensors(data), strict=True)
-    except (RuntimeError, OSError, ValueError) as exc:
-        raise ModelError(
-            f"weights of {folder} do not fit {manifest['architecture']}: {exc}"
-        ) from exc
-    model.eval()
-    return model, manifest
 
 
 def predict_proba(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:

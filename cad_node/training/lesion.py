@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from cad_node.breast_score import BreastCombiner as Combiner
 from cad_node.errors import InvalidDatasetError
+from cad_node.lesion_map import detections_from_map
 from cad_node.training import datasets as dsets
 from cad_node.training import metrics as M
 from cad_node.training.efficientnet_lite import WEIGHTS_FILE
@@ -53,7 +54,6 @@ from cad_node.training.lesion_net import (
     LesionHead,
     LiteLesionNet,
     breast_cells,
-    detections_from_map,
     merge_mirrored,
 )
 
@@ -547,7 +547,7 @@ def froc(
     for prob, mask, found in zip(maps, masks, lesions, strict=True):
         ids = list(range(lesion_id, lesion_id + len(found)))
         lesion_id += len(found)
-        for d in detections_from_map(prob, mask, max_detections=20):
+        for d in detections_from_map(prob, mask, max_detections=20, stride=STRIDE):
             inside = [
                 j
                 for j, (r, c, rad) in zip(ids, found, strict=True)

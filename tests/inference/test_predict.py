@@ -103,7 +103,7 @@ def test_tampered_weights_are_refused(tmp_path: Path) -> None:
 
 
 def test_without_an_installed_model_the_node_says_so(tmp_path: Path) -> None:
-    from cad_node.inference.model import default_model_path
+    from cad_node.model_folder import default_model_path
 
     with pytest.raises(ModelError, match="no model installed"):
         default_model_path(tmp_path)

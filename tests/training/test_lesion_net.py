@@ -1,15 +1,12 @@
-"""The lesion model's pieces: breast cells, top-k pooling, detections from a map."""
+"""The lesion model's pieces: breast cells, top-k pooling, the heads, staged unfreezing."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from cad_node.training.lesion_net import (
-    STRIDE,
     LiteLesionNet,
     breast_cells,
-    detections_from_map,
     top_k_pool,
 )
 
@@ -28,22 +25,6 @@ def test_top_k_pool_averages_the_best_cells_inside_the_mask() -> None:
     mask = torch.zeros(1, 2, 5, dtype=torch.bool)
     mask[0, :, :4] = True  # the 100 lies outside the breast
     assert float(top_k_pool(maps, mask, 0.25)[0, 0]) == 3.5  # top 2 of 8 cells: 4 and 3
-
-
-def test_detections_are_local_maxima_inside_the_breast_best_first() -> None:
-    prob = np.zeros((8, 8))
-    prob[2, 3] = 0.9
-    prob[2, 4] = 0.5  # shoulder of the first peak, not a maximum
-    prob[6, 6] = 0.7
-    prob[0, 7] = 0.99  # outside the breast
-    mask = np.ones((8, 8), bool)
-    mask[0, 7] = False
-    found = detections_from_map(prob, mask, min_score=0.1)
-    assert [(d.row, d.col) for d in found] == [
-        (2.5 * STRIDE - 0.5, 3.5 * STRIDE - 0.5),
-        (6.5 * STRIDE - 0.5, 6.5 * STRIDE - 0.5),
-    ]
-    assert found[0].score == 0.9 and found[0].radius > found[1].radius
 
 
 def test_lesion_net_gives_one_logit_and_two_maps() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from cad_node.model_folder import load_model_folder
 from cad_node.training.cli import evaluate_command, train_command
-from cad_node.training.export import load_model_folder
 
 EVAL_KEYS = {
     "n", "auc", "auc_ci95", "accuracy", "sensitivity", "specificity", "precision", "f1",

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from cad_node.errors import ModelError
+from cad_node.model_folder import load_model_folder
 from cad_node.training import architectures as A
-from cad_node.training.export import export_model_folder, load_model_folder
+from cad_node.training.export import export_model_folder
 
 
 def _manifest() -> dict[str, object]:
