@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from cad_node import phi
+from cad_node.atna import AuditTrail
 from cad_node.audit.db import make_engine, upgrade
 from cad_node.audit.models import utcnow
 from cad_node.audit.repository import AuditRepository, CompletedStudy
@@ -104,6 +105,7 @@ class Node:
         upgrade(url)
         self.engine = make_engine(url)
         self.repo = AuditRepository(self.engine)
+        self.atna = AuditTrail.from_settings(settings)
         self.spool = Spool(
             settings.spool_dir, settings.incoming_dir, min_free_bytes=settings.min_free_mb * 2**20
         )
@@ -112,6 +114,7 @@ class Node:
             spool=self.spool,
             ae_title=settings.ae_title,
             allowed_calling_aes=tuple(settings.allowed_calling_aes),
+            atna=self.atna,
         )
         self.scp = StorageSCP(settings, ctx)
         self.monitor = StudyMonitor(self.repo, settings.study_quiet_seconds, self._on_complete)
@@ -120,7 +123,7 @@ class Node:
         self._sweeper: threading.Thread | None = None
         self._stopping = threading.Event()
         if pipeline:
-            self.pipeline = PipelineContext(settings, self.engine)
+            self.pipeline = PipelineContext(settings, self.engine, atna=self.atna)
             if settings.broker_url:
                 from cad_node.pipeline.celery_app import CeleryQueue
 
@@ -166,6 +169,7 @@ class Node:
         self.repo.record_event(
             "node.started", detail=f"{self.settings.ae_title} on port {self.scp.port}"
         )
+        self.atna.application_started()
         if self.pipeline is not None and self.queue is not None:
             for job_id in self.pipeline.jobs.unfinished_jobs():  # interrupted by a restart
                 self.queue.enqueue(job_id)
@@ -189,6 +193,8 @@ class Node:
         if self._sweeper is not None:
             self._sweeper.join(timeout=10)
         self.repo.record_event("node.stopped")
+        self.atna.application_stopped()
+        self.atna.close()
         if self.pipeline is not None:
             self.pipeline.close()
         self.engine.dispose()

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from cad_node.atna import Destination as AtnaDestination
 from cad_node.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("config/cad-node.toml")
@@ -87,9 +88,32 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="an idle association ends; a PDU must arrive within it"
     )
     min_free_mb: int = Field(default=256, ge=0, description="refuse to store below this")
+    atna_url: str = Field(
+        default="",
+        description="IHE ATNA audit repository: syslog+tls://HOST:6514 or syslog+udp://HOST:514;"
+        " empty: no audit messages",
+    )
+    atna_ca: Path | None = Field(default=None, description="CA bundle that signed the repository")
+    atna_cert: Path | None = Field(default=None, description="our TLS client certificate (PEM)")
+    atna_key: Path | None = Field(default=None, description="its private key (PEM)")
+    atna_site_id: str = Field(default="", description="AuditEnterpriseSiteID; empty: omitted")
+    atna_max_attempts: int = Field(
+        default=5, ge=1, description="sends of one audit message before it is dropped"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     _check_ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("atna_url")
+    @classmethod
+    def _check_atna_url(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            try:
+                AtnaDestination.parse(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from exc
+        return value
 
     @field_validator("allowed_calling_aes", mode="before")
     @classmethod

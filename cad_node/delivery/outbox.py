@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from cad_node.atna import AuditTrail
 from cad_node.audit.jobs import DueDelivery, JobRepository
 from cad_node.audit.models import utcnow
 from cad_node.delivery.scu import SendOutcome, send_files
@@ -70,6 +71,7 @@ class Outbox:
         calling_ae: str,
         policy: RetryPolicy,
         timeout: float = 30.0,
+        atna: AuditTrail | None = None,
     ) -> None:
         self.jobs = jobs
         self.root = root
@@ -77,6 +79,7 @@ class Outbox:
         self.calling_ae = calling_ae
         self.policy = policy
         self.timeout = timeout
+        self.atna = atna or AuditTrail()
 
     def deliver_due(self, *, job_id: int | None = None) -> DeliverySummary:
         """Send every due object (of one job, or all); record each outcome."""
@@ -94,6 +97,9 @@ class Outbox:
         failed = sum(r[2] for r in results)
         return DeliverySummary(sent, retrying, failed)
 
+    def _paths(self, rows: Sequence[DueDelivery]) -> list[Path]:
+        return [self.root / r.path for r in rows]
+
     def _send_to(self, item: tuple[str, list[DueDelivery]]) -> tuple[int, int, int]:
         key, rows = item
         destination = self.destinations.get(key)
@@ -105,12 +111,14 @@ class Outbox:
                 for r in rows
             ]
         else:
+            self.atna.transfer_begun(destination.ae_title, destination.host, self._paths(rows))
             outcomes = send_files(
                 destination,
                 [self.root / r.path for r in rows],
                 calling_ae=self.calling_ae,
                 timeout=self.timeout,
             )
+            self.atna.transferred(destination.ae_title, destination.host, outcomes)
         counts = [0, 0, 0]
         now = utcnow()
         for row, outcome in zip(rows, outcomes, strict=True):

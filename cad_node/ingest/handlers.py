@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cad_node import dicom_status, phi
 from cad_node.assembly import identify
+from cad_node.atna import AuditTrail
 from cad_node.audit.repository import AuditRepository, DuplicateInstanceError
 from cad_node.domain import InstanceOutcome
 from cad_node.errors import (
@@ -61,6 +62,8 @@ class IngestContext:
     spool: Spool
     ae_title: str
     allowed_calling_aes: tuple[str, ...]
+    atna: AuditTrail = field(default_factory=AuditTrail)
+    """IHE ATNA audit messages (disabled by default)."""
 
 
 def _peer(event: Any) -> tuple[str, str]:
@@ -110,6 +113,7 @@ def handle_store(event: Any, ctx: IngestContext) -> int:
             if not ctx.repo.is_stored(sop_uid):
                 ctx.spool.path_of(stored.path).unlink(missing_ok=True)
             raise
+        ctx.atna.instance_received(event.assoc, calling_ae, peer, info)
         log.info(
             "stored instance %s of study %s (%s, %.1f MB) from %s%s",
             sop_uid,
@@ -248,6 +252,7 @@ def handle_rejected(event: Any, ctx: IngestContext) -> None:
             calling_ae=calling_ae,
             detail=f"peer {peer}; {reason}",
         )
+    ctx.atna.association_rejected(calling_ae, peer, reason)
     log.warning("rejected association from %s (%s): %s", calling_ae, peer, reason)
 
 
@@ -269,7 +274,9 @@ def record_connection_event(ctx: IngestContext, kind: str, peer: str, reason: st
 
 
 def handle_connection_closed(event: Any, ctx: IngestContext) -> None:
-    """Remove the partial file of a transfer cut off mid-way (abort or dropped connection)."""
+    """Report what the association stored (ATNA); remove the partial file of a transfer cut
+    off mid-way (abort or dropped connection)."""
+    ctx.atna.association_ended(event.assoc)
     message = getattr(getattr(event.assoc, "dimse", None), "message", None)
     partial = getattr(message, "_data_set_file", None)
     if partial is None:

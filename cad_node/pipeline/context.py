@@ -9,6 +9,7 @@ from functools import cached_property
 
 from sqlalchemy import Engine
 
+from cad_node.atna import AuditTrail
 from cad_node.audit.db import make_engine
 from cad_node.audit.jobs import JobRepository
 from cad_node.delivery.outbox import Outbox, RetryPolicy
@@ -19,9 +20,13 @@ from cad_node.settings import Settings
 class PipelineContext:
     """Built once per worker process from the settings; the model loads on first use."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
-        """``engine``: share the caller's database engine (it stays the caller's to dispose)."""
+    def __init__(
+        self, settings: Settings, engine: Engine | None = None, *, atna: AuditTrail | None = None
+    ) -> None:
+        """``engine``, ``atna``: share the caller's (they stay the caller's to close)."""
         self.settings = settings
+        self._owns_atna = atna is None
+        self.atna = atna or AuditTrail.from_settings(settings)
         self._owns_engine = engine is None
         self.engine = engine or make_engine(settings.effective_database_url)
         self.jobs = JobRepository(self.engine)
@@ -32,6 +37,7 @@ class PipelineContext:
             calling_ae=settings.ae_title,
             policy=RetryPolicy.from_settings(settings),
             timeout=settings.delivery_timeout_seconds,
+            atna=self.atna,
         )
         self._model_lock = threading.Lock()
         self._model: CadModel | None = None
@@ -53,5 +59,7 @@ class PipelineContext:
             return self._model
 
     def close(self) -> None:
+        if self._owns_atna:
+            self.atna.close()
         if self._owns_engine:
             self.engine.dispose()
