@@ -184,13 +184,13 @@ def audit_studies(ctx: Context, as_json: bool, limit: int) -> None:
 @pass_context
 def audit_show(ctx: Context, study_uid: str, as_json: bool) -> None:
     """Show one study: state, views, every instance and every event."""
+    from cad_node.audit.jobs import JobRepository
+    from cad_node.audit.overview import study_detail
+
     repo = _repository(ctx)
-    study = repo.show_study(study_uid)
+    study = study_detail(repo, JobRepository(repo.engine), study_uid)
     if study is None:
         raise click.ClickException(f"unknown study {study_uid}")
-    from cad_node.audit.jobs import JobRepository
-
-    study["jobs"] = JobRepository(repo.engine).jobs_of_study(study_uid)
     if as_json:
         click.echo(json.dumps(study, indent=2))
         return
@@ -247,11 +247,10 @@ def audit_summary(ctx: Context, as_json: bool) -> None:
     """At a glance: studies, images received (last hour/day), jobs, deliveries, errors."""
     from cad_node.audit.jobs import JobRepository
     from cad_node.audit.models import utcnow
+    from cad_node.audit.overview import summary as overview
 
     repo = _repository(ctx)
-    summary = repo.ingest_counts(utcnow())
-    summary.update(JobRepository(repo.engine).counts())
-    summary["recent_errors"] = repo.recent_events(10, "error")
+    summary = overview(repo, JobRepository(repo.engine), utcnow())
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
