@@ -17,7 +17,7 @@ from factories import four_views
 from model_factory import tiny_model_folder
 from prometheus_client.parser import text_string_to_metric_families
 from receiver import start_receiver
-from scu import store
+from scu import associate, store
 from services import Redis, free_port
 
 from cad_node.audit.jobs import JobRepository
@@ -68,11 +68,16 @@ def test_health_and_metrics_are_open_the_api_needs_the_token(node_factory: Any) 
     status, ready = get_json(port, "/readyz")
     assert status == 200 and ready["ready"] is True
     assert set(ready["checks"]) == {"database", "spool", "scp"}  # no broker configured
-    scrape(port)  # parses, every name cad_node_*
+    before = scrape(port)  # parses, every name cad_node_*
+    assert not associate(node.scp.port, called="NOT-US").is_established
+    wait_for(lambda: value(scrape(port), "cad_node_associations_total", outcome="rejected"))
+    after = scrape(port)
+    rejected = ("cad_node_associations_total", frozenset({("outcome", "rejected")}))
+    assert after[rejected] - before.get(rejected, 0) == 1
 
     for path in ("/api/v1/studies", "/api/v1/summary", "/api/v1/events", "/api/v1/openapi.json"):
         status, _, body = get(port, path)
-        assert status == 401, path
+        assert (status, json.loads(body)) == (401, {"detail": "a valid bearer token is required"})
         assert get(port, path, "not-the-token")[0] == 401, path
         assert get(port, path, digest)[0] == 401, path  # the stored hash is not the token
         assert get(port, path, TOKEN)[0] == 200, path
@@ -216,3 +221,10 @@ def test_a_study_moves_the_counters_and_the_api_shows_what_the_cli_shows(
         body = get(port, path, TOKEN)[2].decode()
         for text in PATIENT_DATA:
             assert text not in body, (path, text)
+
+
+def test_the_token_is_never_shown(tmp_path: Path) -> None:
+    result = CliRunner(env={"CAD_NODE_HTTP_TOKEN": TOKEN}).invoke(main, ["config", "show"])
+    assert result.exit_code == 0, result.output
+    assert TOKEN not in result.output
+    assert json.loads(result.output)["http_token"] == "**********"
