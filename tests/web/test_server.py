@@ -228,3 +228,27 @@ def test_the_token_is_never_shown(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert TOKEN not in result.output
     assert json.loads(result.output)["http_token"] == "**********"
+
+
+def test_the_compose_healthcheck_follows_readyz(node_factory: Any, tmp_path: Path) -> None:
+    """docker/compose.yaml's node healthcheck, run as Docker would, against a real node."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import REPO_ROOT
+
+    compose = yaml.safe_load((REPO_ROOT / "docker" / "compose.yaml").read_text())
+    test = compose["services"]["node"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"]
+
+    def healthcheck(port: int) -> int:
+        env = {**os.environ, "CAD_NODE_HTTP_PORT": str(port)}
+        return subprocess.run([sys.executable, *test[2:]], env=env, capture_output=True).returncode
+
+    ready = node_factory(http_port=free_port())
+    assert healthcheck(ready.web.port) == 0
+    full = node_factory(http_port=free_port(), min_free_mb=2**40, data_dir=tmp_path / "full")
+    assert healthcheck(full.web.port) != 0
+    assert healthcheck(free_port()) != 0  # nothing listening
