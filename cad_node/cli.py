@@ -86,10 +86,15 @@ def serve(ctx: Context) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    node.start()
+    try:
+        node.start()
+    except ConfigError as exc:  # e.g. the HTTP port is taken
+        node.stop()
+        raise click.ClickException(str(exc)) from exc
+    web = f"; HTTP on {settings.http_host}:{node.web.port}" if node.web is not None else ""
     click.echo(
         f"cad-node {__version__}: {settings.ae_title} listening on "
-        f"{settings.host}:{node.scp.port}, data in {settings.data_dir} "
+        f"{settings.host}:{node.scp.port}{web}, data in {settings.data_dir} "
         f"(quiet period {settings.study_quiet_seconds:g} s). Ctrl-C stops.",
         err=True,
     )

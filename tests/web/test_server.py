@@ -252,3 +252,22 @@ def test_the_compose_healthcheck_follows_readyz(node_factory: Any, tmp_path: Pat
     full = node_factory(http_port=free_port(), min_free_mb=2**40, data_dir=tmp_path / "full")
     assert healthcheck(full.web.port) != 0
     assert healthcheck(free_port()) != 0  # nothing listening
+
+
+def test_serve_says_clearly_when_the_http_port_is_taken(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {
+            "CAD_NODE_DATA_DIR": str(tmp_path / "data"),
+            "CAD_NODE_HOST": "127.0.0.1",
+            "CAD_NODE_PORT": "0",
+            "CAD_NODE_HTTP_PORT": str(taken.getsockname()[1]),
+            "CAD_NODE_MODEL": str(tmp_path / "no-model"),
+        }
+        result = CliRunner(env=env).invoke(main, ["serve"])
+    assert result.exit_code == 1
+    assert "cannot listen for HTTP on 127.0.0.1:" in result.output
+    assert "Traceback" not in result.output
