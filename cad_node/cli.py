@@ -86,10 +86,15 @@ def serve(ctx: Context) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    node.start()
+    try:
+        node.start()
+    except ConfigError as exc:  # e.g. the HTTP port is taken
+        node.stop()
+        raise click.ClickException(str(exc)) from exc
+    web = f"; HTTP on {settings.http_host}:{node.web.port}" if node.web is not None else ""
     click.echo(
         f"cad-node {__version__}: {settings.ae_title} listening on "
-        f"{settings.host}:{node.scp.port}, data in {settings.data_dir} "
+        f"{settings.host}:{node.scp.port}{web}, data in {settings.data_dir} "
         f"(quiet period {settings.study_quiet_seconds:g} s). Ctrl-C stops.",
         err=True,
     )
@@ -184,13 +189,13 @@ def audit_studies(ctx: Context, as_json: bool, limit: int) -> None:
 @pass_context
 def audit_show(ctx: Context, study_uid: str, as_json: bool) -> None:
     """Show one study: state, views, every instance and every event."""
+    from cad_node.audit.jobs import JobRepository
+    from cad_node.audit.overview import study_detail
+
     repo = _repository(ctx)
-    study = repo.show_study(study_uid)
+    study = study_detail(repo, JobRepository(repo.engine), study_uid)
     if study is None:
         raise click.ClickException(f"unknown study {study_uid}")
-    from cad_node.audit.jobs import JobRepository
-
-    study["jobs"] = JobRepository(repo.engine).jobs_of_study(study_uid)
     if as_json:
         click.echo(json.dumps(study, indent=2))
         return
@@ -247,11 +252,10 @@ def audit_summary(ctx: Context, as_json: bool) -> None:
     """At a glance: studies, images received (last hour/day), jobs, deliveries, errors."""
     from cad_node.audit.jobs import JobRepository
     from cad_node.audit.models import utcnow
+    from cad_node.audit.overview import summary as overview
 
     repo = _repository(ctx)
-    summary = repo.ingest_counts(utcnow())
-    summary.update(JobRepository(repo.engine).counts())
-    summary["recent_errors"] = repo.recent_events(10, "error")
+    summary = overview(repo, JobRepository(repo.engine), utcnow())
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

@@ -10,6 +10,7 @@ from typing import Protocol
 from cad_node import phi
 from cad_node.atna import AuditTrail
 from cad_node.audit.db import make_engine, upgrade
+from cad_node.audit.jobs import JobRepository
 from cad_node.audit.models import utcnow
 from cad_node.audit.repository import AuditRepository, CompletedStudy
 from cad_node.ingest.handlers import IngestContext
@@ -19,6 +20,8 @@ from cad_node.pipeline import tasks
 from cad_node.pipeline.context import PipelineContext
 from cad_node.pipeline.embedded import EmbeddedQueue
 from cad_node.settings import Settings
+from cad_node.web.context import WebContext
+from cad_node.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,16 @@ class Node:
         )
         self.scp = StorageSCP(settings, ctx)
         self.monitor = StudyMonitor(self.repo, settings.study_quiet_seconds, self._on_complete)
+        self.web: WebServer | None = None
+        if settings.http_port:  # 0: no web server
+            web = WebContext(
+                settings,
+                self.repo,
+                JobRepository(self.engine),
+                self.spool,
+                lambda: self.scp.listening,
+            )
+            self.web = WebServer(web)
         self.pipeline: PipelineContext | None = None
         self.queue: JobQueue | None = None
         self._sweeper: threading.Thread | None = None
@@ -180,11 +193,15 @@ class Node:
             self._sweeper.start()
         self.monitor.check_once()  # studies left pending by a restart
         self.monitor.start()
+        if self.web is not None:
+            self.web.start()
 
     def stop(self) -> None:
         """Stop listening and monitoring; the database stays consistent at any point."""
         if self._stopping.is_set():
             return  # already stopped
+        if self.web is not None:
+            self.web.stop()
         self.scp.stop()
         self.monitor.stop()
         self._stopping.set()

@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cad_node.atna import Destination as AtnaDestination
@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         default=5, ge=1, description="sends of one audit message before it is dropped"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    http_host: str = Field(default="127.0.0.1", description="ops console: loopback by default")
+    http_port: int = Field(default=8080, ge=0, le=65535, description="0: no web server")
+    http_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="bearer token of the API, or 'sha256:<hex digest>' of it; empty: API closed",
+    )
 
     _check_ae = field_validator("ae_title")(_check_ae_title)
 

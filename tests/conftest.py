@@ -53,6 +53,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "port": 0,
         "study_quiet_seconds": 1.0,
         "min_free_mb": 0,
+        "http_port": 0,  # tests that want the web server pass a free port
     }
     values.update(overrides)
     return Settings(**values)

@@ -186,6 +186,7 @@ def node_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
         CAD_NODE_STUDY_QUIET_SECONDS="2",
         CAD_NODE_DELIVERY_SWEEP_SECONDS="1",
         CAD_NODE_DELIVERY_BACKOFF_SECONDS="1",
+        CAD_NODE_HTTP_PORT=str(free_port()),  # each node its own web server, as in production
     )
     env.update(extra)
     return env

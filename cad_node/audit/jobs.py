@@ -12,6 +12,7 @@ from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
+from cad_node import metrics
 from cad_node.audit.models import Delivery, Event, Instance, Job, Study, new_event, utcnow
 from cad_node.domain import (
     MAMMO_CAD_SR,
@@ -232,6 +233,7 @@ class JobRepository:
             job.state = JobState.DELIVERING if destinations and objects else JobState.DONE
             if job.state == JobState.DONE:
                 job.finished_at = now
+                metrics.JOBS.labels(JobState.DONE).inc()
             exam = result.get("exam_score")
             session.add(
                 self._event(
@@ -253,6 +255,7 @@ class JobRepository:
             job.state = JobState.FAILED if terminal else JobState.QUEUED
             if terminal:
                 job.finished_at = utcnow()
+            metrics.JOBS.labels("failed" if terminal else "retry").inc()
             session.add(
                 self._event(
                     "job.failed" if terminal else "job.retry",
@@ -358,10 +361,12 @@ class JobRepository:
         job.finished_at = utcnow()
         if states <= {DeliveryState.SENT}:
             job.state = JobState.DONE
+            metrics.JOBS.labels(JobState.DONE).inc()
             session.add(self._event("job.done", job.study_instance_uid, f"job {job.id} delivered"))
         else:
             job.state = JobState.FAILED
             job.error = "some results could not be delivered (see deliveries)"
+            metrics.JOBS.labels(JobState.FAILED).inc()
             session.add(
                 self._event(
                     "job.failed",
@@ -449,3 +454,13 @@ class JobRepository:
                 "jobs": {str(state): int(n) for state, n in jobs},
                 "deliveries": {str(state): int(n) for state, n in sends},
             }
+
+    def backlog(self) -> dict[tuple[str, str], int]:
+        """Objects waiting in the outbox per (destination, state): pending or failed."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(Delivery.destination, Delivery.state, func.count())
+                .where(Delivery.state.in_([DeliveryState.PENDING, DeliveryState.FAILED]))
+                .group_by(Delivery.destination, Delivery.state)
+            ).all()
+            return {(str(dest), str(state)): int(n) for dest, state, n in rows}

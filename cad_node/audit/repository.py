@@ -12,6 +12,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from cad_node import metrics
 from cad_node.assembly import (
     InstanceInfo,
     PatientIdentity,
@@ -203,6 +204,8 @@ class AuditRepository:
                         at=now,
                     )
                 )
+        metrics.INSTANCES.labels(InstanceOutcome.STORED, metrics.status_label(status)).inc()
+        metrics.BYTES_RECEIVED.inc(stored.bytes)
         return reopened
 
     def _touch_study(
@@ -249,6 +252,7 @@ class AuditRepository:
         nbytes: int | None = None,
     ) -> None:
         """Record a C-STORE that stored nothing new (rejected, or a duplicate)."""
+        metrics.INSTANCES.labels(outcome, metrics.status_label(status)).inc()  # even if DB is down
         now = utcnow()
         with self._sessions.begin() as session:
             study_id = None
@@ -301,6 +305,7 @@ class AuditRepository:
             result = self._complete(study_id, cutoff, now)
             if result is not None:
                 completed.append(result)
+                metrics.STUDIES_COMPLETED.inc()
         return completed
 
     def _complete(self, study_id: int, cutoff: datetime, now: datetime) -> CompletedStudy | None:

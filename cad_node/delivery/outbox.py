@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from cad_node import metrics
 from cad_node.atna import AuditTrail
 from cad_node.audit.jobs import DueDelivery, JobRepository
 from cad_node.audit.models import utcnow
@@ -127,6 +128,8 @@ class Outbox:
             )
             if destination is None:
                 retry_at = None
+            metrics.DELIVERY_ATTEMPTS.labels(key).inc()
+            metrics.DELIVERY_FAILURES.labels(key).inc(0 if outcome.delivered else 1)
             self.jobs.record_send(
                 row.id,
                 delivered=outcome.delivered,

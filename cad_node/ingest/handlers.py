@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cad_node import dicom_status, phi
+from cad_node import dicom_status, metrics, phi
 from cad_node.assembly import identify
 from cad_node.atna import AuditTrail
 from cad_node.audit.repository import AuditRepository, DuplicateInstanceError
@@ -221,6 +221,7 @@ def _internal_error(
 
 def handle_accepted(event: Any, ctx: IngestContext) -> None:
     """Record an accepted association."""
+    metrics.ASSOCIATIONS.labels("accepted").inc()
     calling_ae, peer = _peer(event)
     contexts = event.assoc.accepted_contexts
     with suppress(Exception):  # audit is best effort here; the association goes on
@@ -242,6 +243,7 @@ def rejection_reason(called_ae: str, calling_ae: str, ctx: IngestContext) -> str
 
 def handle_rejected(event: Any, ctx: IngestContext) -> None:
     """Record and log a rejected association with its reason."""
+    metrics.ASSOCIATIONS.labels("rejected").inc()
     calling_ae, peer = _peer(event)
     called_ae = str(event.assoc.requestor.primitive.called_ae_title).strip()
     reason = rejection_reason(called_ae, calling_ae, ctx)
@@ -258,6 +260,7 @@ def handle_rejected(event: Any, ctx: IngestContext) -> None:
 
 def handle_aborted(event: Any, ctx: IngestContext) -> None:
     """Record an aborted association (a transfer in progress is discarded, not acknowledged)."""
+    metrics.ASSOCIATIONS.labels("aborted").inc()
     calling_ae, peer = _peer(event)
     with suppress(Exception):
         ctx.repo.record_event(

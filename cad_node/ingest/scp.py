@@ -87,6 +87,11 @@ class StorageSCP:
         """The TCP port actually bound."""
         return int(self._server.server_address[1])
 
+    @property
+    def listening(self) -> bool:
+        """True while the server runs and its socket is open (for readiness)."""
+        return self._server is not None and self._server.socket.fileno() >= 0
+
     def stop(self) -> None:
         """Stop accepting and close the listening socket."""
         if self._server is not None:

@@ -15,7 +15,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 
-from cad_node import phi
+from cad_node import metrics, phi
 from cad_node.assembly import require_one_patient
 from cad_node.audit.jobs import ResultObject, StaleJobError
 from cad_node.delivery.outbox import DeliverySummary
@@ -82,6 +82,7 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
         return None
     uid = start.study_instance_uid
     sources: list[Dataset] = []
+    started = time.monotonic()
     try:
         model = ctx.model()
         spool = ctx.settings.spool_dir
@@ -134,6 +135,7 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
             objects=objects,
             destinations=[str(d) for d in ctx.settings.destinations],
         )
+        metrics.ANALYSIS_SECONDS.observe(time.monotonic() - started)
         log.info(
             "job %d (study %s, revision %d): exam score %s, %d object(s)",
             job_id,

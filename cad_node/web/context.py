@@ -1,0 +1,22 @@
+"""What the web app reads: the node's repositories, spool and SCP state, passed in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cad_node.audit.jobs import JobRepository
+from cad_node.audit.repository import AuditRepository
+from cad_node.ingest.spool import Spool
+from cad_node.settings import Settings
+
+
+@dataclass(frozen=True)
+class WebContext:
+    """Dependencies of the web app, bound when the node builds it (no globals)."""
+
+    settings: Settings
+    repo: AuditRepository
+    jobs: JobRepository
+    spool: Spool
+    scp_listening: Callable[[], bool]
