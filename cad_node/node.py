@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from cad_node import phi
+from cad_node import phi, tls
 from cad_node.audit.db import make_engine, upgrade
 from cad_node.audit.models import utcnow
 from cad_node.audit.repository import AuditRepository, CompletedStudy
@@ -113,13 +113,14 @@ class Node:
             ae_title=settings.ae_title,
             allowed_calling_aes=tuple(settings.allowed_calling_aes),
         )
-        self.scp = StorageSCP(settings, ctx)
+        self.scp = StorageSCP(settings, ctx)  # builds the TLS context: bad files fail here
         self.monitor = StudyMonitor(self.repo, settings.study_quiet_seconds, self._on_complete)
         self.pipeline: PipelineContext | None = None
         self.queue: JobQueue | None = None
         self._sweeper: threading.Thread | None = None
         self._stopping = threading.Event()
         if pipeline:
+            tls.check_destinations(settings.destinations)
             self.pipeline = PipelineContext(settings, self.engine)
             if settings.broker_url:
                 from cad_node.pipeline.celery_app import CeleryQueue
@@ -164,7 +165,7 @@ class Node:
             )
         self.scp.start()
         self.repo.record_event(
-            "node.started", detail=f"{self.settings.ae_title} on port {self.scp.port}"
+            "node.started", detail=f"{self.settings.ae_title} on {self.scp.describe()}"
         )
         if self.pipeline is not None and self.queue is not None:
             for job_id in self.pipeline.jobs.unfinished_jobs():  # interrupted by a restart
