@@ -96,7 +96,8 @@ class CertificateAuthority:
         hosts: tuple[str, ...] = (),
         client: bool = False,
     ) -> Issued:
-        """A certificate for a server (``hosts``: SAN DNS names and IP addresses) or a client."""
+        """A certificate for a server (``hosts``: SAN DNS names and IP addresses), a client, or
+        both (``hosts`` and ``client``)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         builder = (
@@ -110,7 +111,8 @@ class CertificateAuthority:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
+                    ([ExtendedKeyUsageOID.SERVER_AUTH] if hosts or not client else [])
+                    + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
                 ),
                 critical=False,
             )
