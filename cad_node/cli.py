@@ -82,7 +82,10 @@ def serve(ctx: Context) -> None:
 
     settings = ctx.settings
     _setup_logging(settings.log_level)
-    node = Node(settings)
+    try:
+        node = Node(settings)  # a missing or unreadable TLS file is a ConfigError here
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -94,7 +97,7 @@ def serve(ctx: Context) -> None:
     web = f"; HTTP on {settings.http_host}:{node.web.port}" if node.web is not None else ""
     click.echo(
         f"cad-node {__version__}: {settings.ae_title} listening on "
-        f"{settings.host}:{node.scp.port}{web}, data in {settings.data_dir} "
+        f"{node.scp.describe()}{web}, data in {settings.data_dir} "
         f"(quiet period {settings.study_quiet_seconds:g} s). Ctrl-C stops.",
         err=True,
     )
@@ -483,9 +486,15 @@ def worker(ctx: Context, queues: str, concurrency: int) -> None:
             "CAD_NODE_BROKER_URL is empty: `cad-node serve` runs jobs itself (embedded queue)"
         )
     _setup_logging(settings.log_level)
+    from cad_node import tls
     from cad_node.audit.db import upgrade
     from cad_node.pipeline.celery_app import configure
 
+    if "delivery" in queues.split(","):
+        try:
+            tls.check_destinations(settings.destinations)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
     upgrade(settings.effective_database_url)
     app = configure(settings)
     app.worker_main(

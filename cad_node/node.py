@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from cad_node import phi
+from cad_node import phi, tls
 from cad_node.atna import AuditTrail
 from cad_node.audit.db import make_engine, upgrade
 from cad_node.audit.jobs import JobRepository
@@ -119,7 +119,7 @@ class Node:
             allowed_calling_aes=tuple(settings.allowed_calling_aes),
             atna=self.atna,
         )
-        self.scp = StorageSCP(settings, ctx)
+        self.scp = StorageSCP(settings, ctx)  # builds the TLS context: bad files fail here
         self.monitor = StudyMonitor(self.repo, settings.study_quiet_seconds, self._on_complete)
         self.web: WebServer | None = None
         if settings.http_port:  # 0: no web server
@@ -136,6 +136,7 @@ class Node:
         self._sweeper: threading.Thread | None = None
         self._stopping = threading.Event()
         if pipeline:
+            tls.check_destinations(settings.destinations)
             self.pipeline = PipelineContext(settings, self.engine, atna=self.atna)
             if settings.broker_url:
                 from cad_node.pipeline.celery_app import CeleryQueue
@@ -180,7 +181,7 @@ class Node:
             )
         self.scp.start()
         self.repo.record_event(
-            "node.started", detail=f"{self.settings.ae_title} on port {self.scp.port}"
+            "node.started", detail=f"{self.settings.ae_title} on {self.scp.describe()}"
         )
         self.atna.application_started()
         if self.pipeline is not None and self.queue is not None:

@@ -9,12 +9,13 @@ Pure modules receive a :class:`Settings`; only the CLI calls :func:`load_setting
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cad_node.atna import Destination as AtnaDestination
@@ -22,6 +23,11 @@ from cad_node.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("config/cad-node.toml")
 """Read when no ``--config`` is given and the file exists (relative to the working directory)."""
+
+
+def _empty_is_none(value: Any) -> Any:
+    """An empty path setting (``CAD_NODE_TLS_CA=""``, ``tls_ca = ""``) means none."""
+    return None if isinstance(value, str) and not value.strip() else value
 
 
 def _check_ae_title(value: str) -> str:
@@ -32,16 +38,82 @@ def _check_ae_title(value: str) -> str:
 
 
 class Destination(BaseModel):
-    """A DICOM peer that receives our results by C-STORE."""
+    """A DICOM peer that receives our results by C-STORE, over TLS when ``tls`` is set."""
 
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    tls: bool = False
+    tls_ca: Path | None = Field(default=None, description="PEM CA bundle; none: the system's")
+    tls_cert: Path | None = Field(default=None, description="our client certificate (PEM)")
+    tls_key: Path | None = Field(default=None, description="its private key; none: in tls_cert")
+    tls_verify: bool = Field(default=True, description="check the peer's certificate chain")
+    tls_check_hostname: bool = Field(default=True, description="the certificate must name host")
 
     _check = field_validator("ae_title")(_check_ae_title)
+    _paths = field_validator("tls_ca", "tls_cert", "tls_key", mode="before")(_empty_is_none)
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Destination:
+        given = [
+            name for name in ("tls_ca", "tls_cert", "tls_key") if getattr(self, name) is not None
+        ]
+        if given and not self.tls:
+            raise ValueError(f"{', '.join(given)} given for {self} but tls is not true")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError(f"tls_key given for {self} without tls_cert")
+        return self
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class AllowedCallingAE(BaseModel):
+    """A calling AE title the SCP accepts, optionally only from one host or network.
+
+    Written ``AE`` or ``AE@HOST``: HOST is an IP address, a network (``10.1.0.0/16``) or a host
+    name (resolved for each association).
+    """
+
+    ae_title: str
+    host: str | None = None
+
+    _check = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not value or any(c.isspace() or c in ",@" for c in value):
+            raise ValueError(f"invalid host or network {value!r}")
+        if "/" in value:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"invalid network {value!r}: {exc}") from None
+        return value
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        """The host as a network (one address: /32 or /128); None for a host name."""
+        if self.host is None:
+            return None
+        try:
+            return ipaddress.ip_network(self.host, strict=False)
+        except ValueError:
+            return None
+
+    def __str__(self) -> str:
+        return self.ae_title if self.host is None else f"{self.ae_title}@{self.host}"
+
+
+def _parse_calling_ae(value: Any) -> Any:
+    if isinstance(value, str):
+        title, at, host = value.partition("@")
+        return {"ae_title": title, "host": host if at else None}
+    return value
 
 
 class Settings(BaseSettings):
@@ -61,7 +133,9 @@ class Settings(BaseSettings):
         description="a task whose worker died unacknowledged is redelivered after this long",
     )
     study_quiet_seconds: float = Field(default=30.0, gt=0)
-    allowed_calling_aes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_calling_aes: Annotated[list[AllowedCallingAE], NoDecode] = Field(
+        default_factory=list, description="AE or AE@host-or-network; empty: any"
+    )
     destinations: list[Destination] = Field(default_factory=list)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = Field(
@@ -107,8 +181,18 @@ class Settings(BaseSettings):
         default=SecretStr(""),
         description="bearer token of the API, or 'sha256:<hex digest>' of it; empty: API closed",
     )
+    tls_port: int = Field(
+        default=0, ge=0, le=65535, description="DICOM over TLS (2762 is registered); 0: none"
+    )
+    tls_cert: Path | None = Field(default=None, description="server certificate chain (PEM)")
+    tls_key: Path | None = Field(default=None, description="its private key (PEM, unencrypted)")
+    tls_ca: Path | None = Field(
+        default=None, description="PEM bundle; when set, clients must present a cert it signed"
+    )
+    tls_only: bool = Field(default=False, description="no plain listener, only the TLS one")
 
     _check_ae = field_validator("ae_title")(_check_ae_title)
+    _paths = field_validator("tls_cert", "tls_key", "tls_ca", mode="before")(_empty_is_none)
 
     @field_validator("atna_url")
     @classmethod
@@ -125,10 +209,20 @@ class Settings(BaseSettings):
     @classmethod
     def _split_aes(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = [part for part in value.split(",") if part.strip()]
+            value = [part.strip() for part in value.split(",") if part.strip()]
         if isinstance(value, list):
-            return [_check_ae_title(str(part)) for part in value]
+            return [_parse_calling_ae(part) for part in value]
         return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if self.tls_port and (self.tls_cert is None or self.tls_key is None):
+            raise ValueError("CAD_NODE_TLS_PORT needs CAD_NODE_TLS_CERT and CAD_NODE_TLS_KEY")
+        if self.tls_only and not self.tls_port:
+            raise ValueError("CAD_NODE_TLS_ONLY needs CAD_NODE_TLS_PORT")
+        if self.tls_port and not self.tls_only and self.tls_port == self.port:
+            raise ValueError("CAD_NODE_TLS_PORT must differ from CAD_NODE_PORT")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from certs import TlsFiles, make_tls_files
 from peers import dcmtk_tool
 
 from cad_node.node import Node
@@ -44,6 +45,12 @@ def require_dcmtk(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A test CA with server (127.0.0.1, localhost) and client certificates, and a stranger."""
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:

@@ -114,7 +114,16 @@ class Orthanc(Process):
 
     AE = "ORTHANC"
 
-    def __init__(self, folder: Path, modalities: dict[str, tuple[str, int]]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        modalities: dict[str, tuple[str, int]],
+        *,
+        options: dict[str, Any] | None = None,
+        tls_modalities: tuple[str, ...] = (),
+    ) -> None:
+        """``options`` are added to the configuration (e.g. ``DicomTls*``); the modalities
+        named in ``tls_modalities`` are called over TLS."""
         self.http_port, self.dicom_port = free_port(), free_port()
         folder.mkdir(parents=True, exist_ok=True)
         config = {
@@ -129,10 +138,17 @@ class Orthanc(Process):
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True,
             "DicomModalities": {
-                name: [ae, "127.0.0.1", port] for name, (ae, port) in modalities.items()
+                name: {
+                    "AET": ae,
+                    "Host": "127.0.0.1",
+                    "Port": port,
+                    **({"UseDicomTls": True} if name in tls_modalities else {}),
+                }
+                for name, (ae, port) in modalities.items()
             },
             "Plugins": [],
             "StableAge": 1,
+            **(options or {}),
         }
         (folder / "orthanc.json").write_text(json.dumps(config))
         binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"

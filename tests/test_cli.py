@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+from certs import TlsFiles
 from click.testing import CliRunner
 
 from cad_node.cli import main
@@ -63,3 +64,28 @@ def test_send_needs_a_database_then_reports_what_it_sent(runner: CliRunner) -> N
     assert result.exit_code == 0, result.output
     assert "re-queued 0 failed delivery(ies)" in result.output
     assert "sent 0, to retry 0, failed 0" in result.output
+
+
+@pytest.mark.parametrize("missing", ["CAD_NODE_TLS_CERT", "CAD_NODE_TLS_KEY", "CAD_NODE_TLS_CA"])
+def test_serve_with_a_missing_tls_file_stops_with_one_line(
+    runner: CliRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    tls_files: TlsFiles,
+    missing: str,
+) -> None:
+    files = {
+        "CAD_NODE_TLS_CERT": tls_files.server.cert,
+        "CAD_NODE_TLS_KEY": tls_files.server.key,
+        "CAD_NODE_TLS_CA": tls_files.ca.bundle,
+    }
+    files[missing] = tmp_path / "gone.pem"
+    monkeypatch.setenv("CAD_NODE_PORT", "0")
+    monkeypatch.setenv("CAD_NODE_TLS_PORT", "2762")
+    for name, path in files.items():
+        monkeypatch.setenv(name, str(path))
+    result = runner.invoke(main, ["serve"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.output.strip().splitlines() == [
+        f"Error: {missing}: cannot read {tmp_path / 'gone.pem'}: No such file or directory"
+    ]

@@ -41,7 +41,7 @@ def test_list_and_json_environment_values(monkeypatch: pytest.MonkeyPatch) -> No
     )
     monkeypatch.setenv("CAD_NODE_DEVICE", "cpu")
     s = load_settings()
-    assert s.allowed_calling_aes == ["MODALITY1", "PACS"]
+    assert [str(p) for p in s.allowed_calling_aes] == ["MODALITY1", "PACS"]
     assert s.destinations == [Destination(ae_title="PACS", host="10.0.0.5", port=104)]
     assert s.device == "cpu"
 
@@ -53,6 +53,11 @@ def test_list_and_json_environment_values(monkeypatch: pytest.MonkeyPatch) -> No
         ("CAD_NODE_PORT", "70000"),
         ("CAD_NODE_DEVICE", "tpu"),
         ("CAD_NODE_DESTINATIONS", '[{"ae_title": "X"}]'),
+        ("CAD_NODE_DESTINATIONS", '[{"ae_title": "X", "host": "h", "port": 1, "tls_ca": "c"}]'),
+        ("CAD_NODE_ALLOWED_CALLING_AES", "MG@10.0.0.0/33"),
+        ("CAD_NODE_ALLOWED_CALLING_AES", "MG@"),
+        ("CAD_NODE_TLS_PORT", "2762"),  # without certificate and key
+        ("CAD_NODE_TLS_ONLY", "true"),  # without a TLS port
     ],
 )
 def test_invalid_values_are_refused_with_config_error(
@@ -61,6 +66,45 @@ def test_invalid_values_are_refused_with_config_error(
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError):
         load_settings()
+
+
+def test_calling_aes_pinned_to_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "CAD_NODE_ALLOWED_CALLING_AES", "MG1@10.1.2.3, PACS@10.9.0.0/16,WS@ws.local,X"
+    )
+    rules = load_settings().allowed_calling_aes
+    assert [(r.ae_title, r.host) for r in rules] == [
+        ("MG1", "10.1.2.3"),
+        ("PACS", "10.9.0.0/16"),
+        ("WS", "ws.local"),
+        ("X", None),
+    ]
+    assert [str(r.network) for r in rules] == ["10.1.2.3/32", "10.9.0.0/16", "None", "None"]
+    monkeypatch.delenv("CAD_NODE_ALLOWED_CALLING_AES")
+    table = Settings(allowed_calling_aes=[{"ae_title": "MG1", "host": "::1"}, "PACS"])
+    assert [str(r) for r in table.allowed_calling_aes] == ["MG1@::1", "PACS"]
+
+
+def test_tls_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CAD_NODE_TLS_PORT", "2762")
+    monkeypatch.setenv("CAD_NODE_TLS_CERT", str(tmp_path / "server.pem"))
+    monkeypatch.setenv("CAD_NODE_TLS_KEY", str(tmp_path / "server.key"))
+    monkeypatch.setenv("CAD_NODE_TLS_CA", "")
+    monkeypatch.setenv("CAD_NODE_TLS_ONLY", "true")
+    monkeypatch.setenv(
+        "CAD_NODE_DESTINATIONS",
+        '[{"ae_title": "PACS", "host": "pacs", "port": 2762, "tls": true, "tls_ca": "ca.pem"}]',
+    )
+    s = load_settings()
+    assert (s.tls_port, s.tls_cert, s.tls_ca, s.tls_only) == (
+        2762,
+        tmp_path / "server.pem",
+        None,
+        True,
+    )
+    (destination,) = s.destinations
+    assert destination.tls and destination.tls_ca == Path("ca.pem")
+    assert destination.tls_verify and destination.tls_check_hostname
 
 
 def test_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 
-from cad_node import dicom_status
+from cad_node import dicom_status, tls
+from cad_node.errors import ConfigError
 from cad_node.settings import Destination
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ def send_files(
 ) -> list[SendOutcome]:
     """Send ``files`` over one association; one outcome per file, never an exception.
 
-    A file that cannot be read is that file's failure; the others are still sent.
+    A file that cannot be read is that file's failure; the others are still sent. A TLS
+    destination's certificate and host name are checked unless its settings say otherwise.
     """
     outcomes: dict[int, SendOutcome] = {}
     headers: list[tuple[int, Path, Dataset]] = []
@@ -94,13 +96,26 @@ def send_files(
     for sop_class, syntaxes in sorted(contexts.items()):
         ae.add_requested_context(sop_class, sorted(syntaxes))
 
+    context: tls.ClientContext | None = None
+    if destination.tls:
+        try:  # read for each send: a renewed certificate is used without a restart
+            context = tls.client_context(destination)
+        except ConfigError as exc:
+            return all_failed(f"TLS set-up failed: {exc}")
     try:
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        assoc = ae.associate(
+            destination.host,
+            destination.port,
+            ae_title=destination.ae_title,
+            tls_args=None if context is None else (context, destination.host),
+        )
     except Exception as exc:  # DNS failures and the like
         return all_failed(f"cannot connect: {type(exc).__name__}")
     if assoc.is_rejected:
         return all_failed(_describe_rejection(assoc))
     if not assoc.is_established:
+        if context is not None and context.failure:
+            return all_failed(f"TLS handshake failed: {context.failure}")
         return all_failed("cannot connect or association aborted")
     try:
         for i, path, header in headers:

@@ -7,11 +7,16 @@ one log line without patient data.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pynetdicom import evt
 
 from cad_node import dicom_status, metrics, phi
 from cad_node.assembly import identify
@@ -31,6 +36,7 @@ from cad_node.errors import (
 from cad_node.ingest.receive_path import receiving_file
 from cad_node.ingest.spool import Spool, is_out_of_space
 from cad_node.ingest.validate import check_pixel_data, check_pixels_decode, check_uids, read_header
+from cad_node.settings import AllowedCallingAE
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +67,7 @@ class IngestContext:
     repo: AuditRepository
     spool: Spool
     ae_title: str
-    allowed_calling_aes: tuple[str, ...]
+    allowed_calling_aes: tuple[AllowedCallingAE, ...]
     atna: AuditTrail = field(default_factory=AuditTrail)
     """IHE ATNA audit messages (disabled by default)."""
 
@@ -232,13 +238,72 @@ def handle_accepted(event: Any, ctx: IngestContext) -> None:
         )
 
 
-def rejection_reason(called_ae: str, calling_ae: str, ctx: IngestContext) -> str:
-    """Why pynetdicom rejected an association, in the words of PS3.8 Table 9-21."""
+def _host_matches(rule: AllowedCallingAE, address: str) -> bool:
+    if rule.host is None:
+        return True
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    network = rule.network
+    if network is not None:
+        return ip in network
+    try:  # a host name: whatever it resolves to now
+        resolved = {info[4][0] for info in socket.getaddrinfo(rule.host, None)}
+    except OSError:
+        return False
+    return str(ip) in resolved
+
+
+def calling_ae_allowed(
+    rules: Sequence[AllowedCallingAE], calling_ae: str, address: str
+) -> bool | None:
+    """Whether ``calling_ae`` may call from ``address``: True, False (a listed title from
+    another host), or None (the title is not listed at all). No rules: anyone may call."""
+    if not rules:
+        return True
+    mine = [rule for rule in rules if rule.ae_title == calling_ae]
+    if not mine:
+        return None
+    return any(_host_matches(rule, address) for rule in mine)
+
+
+def rejection_reason(called_ae: str, calling_ae: str, address: str, ctx: IngestContext) -> str:
+    """Why an association was rejected, in the words of PS3.8 Table 9-21."""
     if called_ae != ctx.ae_title:
         return f"called AE title not recognised (asked for {called_ae!r}, we are {ctx.ae_title!r})"
-    if ctx.allowed_calling_aes and calling_ae not in ctx.allowed_calling_aes:
+    allowed = calling_ae_allowed(ctx.allowed_calling_aes, calling_ae, address)
+    if allowed is None:
         return "calling AE title not recognised (not in CAD_NODE_ALLOWED_CALLING_AES)"
+    if not allowed:
+        hosts = ", ".join(
+            str(rule.host) for rule in ctx.allowed_calling_aes if rule.ae_title == calling_ae
+        )
+        return (
+            f"calling AE title not recognised (allowed only from {hosts} by"
+            f" CAD_NODE_ALLOWED_CALLING_AES, called from {address})"
+        )
     return "local limit exceeded or no reason given"
+
+
+def handle_requested(event: Any, ctx: IngestContext) -> None:
+    """Reject an allowed calling AE title that calls from a host it is not pinned to.
+
+    Titles not listed at all are left to pynetdicom (``require_calling_aet``), which rejects
+    them the same way: calling AE title not recognised.
+    """
+    requestor = event.assoc.requestor
+    called_ae = str(requestor.primitive.called_ae_title).strip()
+    calling_ae = str(requestor.primitive.calling_ae_title).strip()
+    if called_ae != ctx.ae_title:
+        return  # pynetdicom rejects it: called AE title not recognised
+    if calling_ae_allowed(ctx.allowed_calling_aes, calling_ae, str(requestor.address)) is False:
+        requestor.ae_title = calling_ae  # as pynetdicom's own negotiation would have set it
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # rejected-permanent, service-user
+        evt.trigger(event.assoc, evt.EVT_REJECTED, {})
+        event.assoc.kill()
 
 
 def handle_rejected(event: Any, ctx: IngestContext) -> None:
@@ -246,7 +311,7 @@ def handle_rejected(event: Any, ctx: IngestContext) -> None:
     metrics.ASSOCIATIONS.labels("rejected").inc()
     calling_ae, peer = _peer(event)
     called_ae = str(event.assoc.requestor.primitive.called_ae_title).strip()
-    reason = rejection_reason(called_ae, calling_ae, ctx)
+    reason = rejection_reason(called_ae, calling_ae, str(event.assoc.requestor.address), ctx)
     with suppress(Exception):
         ctx.repo.record_event(
             "association.rejected",

@@ -8,6 +8,7 @@ from typing import Any
 
 from pynetdicom import AE, _config, evt
 
+from cad_node import tls
 from cad_node.ingest import handlers, receive_path
 from cad_node.ingest.handlers import IngestContext
 from cad_node.ingest.transport import ConnectionLimits, GuardedAE, Reporter
@@ -32,7 +33,8 @@ def build_ae(settings: Settings, report: Reporter) -> AE:
     ae = GuardedAE(settings.ae_title, limits, report)
     ae.require_called_aet = True
     if settings.allowed_calling_aes:
-        ae.require_calling_aet = list(settings.allowed_calling_aes)
+        # The titles here; hosts they are pinned to are checked at EVT_REQUESTED (handlers).
+        ae.require_calling_aet = sorted({p.ae_title for p in settings.allowed_calling_aes})
     ae.maximum_pdu_size = settings.max_pdu
     ae.maximum_associations = settings.max_associations
     # Generous defaults: a modality may pause between images; a dead peer is still dropped.
@@ -48,12 +50,13 @@ def build_ae(settings: Settings, report: Reporter) -> AE:
 
 
 class StorageSCP:
-    """A running storage SCP; ``start`` returns once it listens."""
+    """A running storage SCP, plain, over TLS or both; ``start`` returns once it listens."""
 
     def __init__(self, settings: Settings, ctx: IngestContext) -> None:
         self.settings = settings
         self.ctx = ctx
-        self._server: Any = None
+        self.ssl_context = tls.server_context(settings)  # a bad file fails here, at start-up
+        self._servers: dict[str, Any] = {}
 
     def start(self) -> None:
         """Listen on the configured address (port 0 picks a free one)."""
@@ -63,38 +66,65 @@ class StorageSCP:
         receive_path.install(self.ctx.spool.incoming)
         ae = build_ae(self.settings, partial(handlers.record_connection_event, self.ctx))
         bound = [self.ctx]
-        self._server = ae.start_server(
-            (self.settings.host, self.settings.port),
-            block=False,
-            evt_handlers=[
-                (evt.EVT_C_ECHO, handlers.handle_echo, bound),
-                (evt.EVT_C_STORE, handlers.handle_store, bound),
-                (evt.EVT_ACCEPTED, handlers.handle_accepted, bound),
-                (evt.EVT_REJECTED, handlers.handle_rejected, bound),
-                (evt.EVT_ABORTED, handlers.handle_aborted, bound),
-                (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed, bound),
-            ],
-        )
-        log.info(
-            "storage SCP %s listening on %s:%d",
-            self.settings.ae_title,
-            self.settings.host,
-            self.port,
-        )
+        handlers_bound: list[Any] = [
+            (evt.EVT_REQUESTED, handlers.handle_requested, bound),
+            (evt.EVT_C_ECHO, handlers.handle_echo, bound),
+            (evt.EVT_C_STORE, handlers.handle_store, bound),
+            (evt.EVT_ACCEPTED, handlers.handle_accepted, bound),
+            (evt.EVT_REJECTED, handlers.handle_rejected, bound),
+            (evt.EVT_ABORTED, handlers.handle_aborted, bound),
+            (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed, bound),
+        ]
+        listeners: dict[str, tuple[int, Any]] = {}
+        if not self.settings.tls_only:
+            listeners["plain"] = (self.settings.port, None)
+        if self.ssl_context is not None:
+            listeners["tls"] = (self.settings.tls_port, self.ssl_context)
+        try:
+            for name, (port, ssl_context) in listeners.items():
+                self._servers[name] = ae.start_server(
+                    (self.settings.host, port),
+                    block=False,
+                    ssl_context=ssl_context,
+                    evt_handlers=handlers_bound,
+                )
+        except BaseException:
+            self.stop()
+            raise
+        log.info("storage SCP %s listening on %s", self.settings.ae_title, self.describe())
 
     @property
     def port(self) -> int:
-        """The TCP port actually bound."""
-        return int(self._server.server_address[1])
+        """The TCP port actually bound: the plain one, or the TLS one when it is the only."""
+        server = self._servers.get("plain") or self._servers["tls"]
+        return int(server.server_address[1])
+
+    @property
+    def tls_port(self) -> int | None:
+        """The TLS listener's port; None without one."""
+        server = self._servers.get("tls")
+        return None if server is None else int(server.server_address[1])
+
+    def describe(self) -> str:
+        """Where it listens, e.g. ``0.0.0.0 port 11112 and TLS port 2762``."""
+        parts = []
+        if "plain" in self._servers:
+            parts.append(f"port {self.port}")
+        if self.tls_port is not None:
+            mutual = " (client certificates required)" if self.settings.tls_ca else ""
+            parts.append(f"TLS port {self.tls_port}{mutual}")
+        return f"{self.settings.host} {' and '.join(parts)}"
 
     @property
     def listening(self) -> bool:
-        """True while the server runs and its socket is open (for readiness)."""
-        return self._server is not None and self._server.socket.fileno() >= 0
+        """True while every listener runs with its socket open (for readiness)."""
+        return bool(self._servers) and all(
+            server.socket.fileno() >= 0 for server in self._servers.values()
+        )
 
     def stop(self) -> None:
-        """Stop accepting and close the listening socket."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
-            receive_path.release(self.ctx.spool.incoming)
+        """Stop accepting and close the listening sockets."""
+        for server in self._servers.values():
+            server.shutdown()
+        self._servers = {}
+        receive_path.release(self.ctx.spool.incoming)

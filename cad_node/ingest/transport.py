@@ -18,7 +18,9 @@ A refused or timed-out read comes back short, which pynetdicom takes for the pee
 connection (Evt17); its state machine then ends the association as usual.
 
 :class:`GuardedAE` plugs this in through pynetdicom's extension points (``make_server``'s
-server class and request handler). No pynetdicom module or class is patched: each accepted
+server class and request handler). On a TLS listener the handshake runs in the connection's
+thread, bounded by the ACSE timeout, and the reader then reads the decrypted stream through the
+same checks. No pynetdicom module or class is patched: each accepted
 connection's socket object gets its ``recv`` from a :class:`PduReader`, in one place
 (:meth:`GuardedRequestHandler.handle`).
 """
@@ -26,7 +28,9 @@ connection's socket object gets its ``recv`` from a :class:`PduReader`, in one p
 from __future__ import annotations
 
 import logging
+import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -38,6 +42,8 @@ from typing import Any, cast
 
 from pynetdicom import AE, evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+
+from cad_node.tls import describe
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +232,51 @@ class GuardedServer(ThreadedAssociationServer):
         )
         return False  # socketserver closes it without reading a byte
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept a connection; with TLS, wrap it but leave the handshake to its own thread.
+
+        pynetdicom's own ``get_request`` shakes hands in the accept loop, where one silent
+        peer would hold up every other connection.
+        """
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        if self.ssl_context is not None:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+        return client, address
+
+    def handshake(self, sock: ssl.SSLSocket, peer: str) -> bool:
+        """Complete the TLS handshake within the ACSE timeout; report and False if it fails."""
+        deadline = time.monotonic() + self.limits.acse_timeout
+        try:
+            sock.setblocking(False)
+            waiting: tuple[list[ssl.SSLSocket], list[ssl.SSLSocket]]
+            while True:
+                try:
+                    sock.do_handshake()
+                    return True
+                except ssl.SSLWantReadError:
+                    waiting = ([sock], [])
+                except ssl.SSLWantWriteError:
+                    waiting = ([], [sock])
+                left = deadline - time.monotonic()
+                if left <= 0 or not any(select.select(*waiting, [], left)[:2]):
+                    self.report(
+                        "connection.timed_out",
+                        peer,
+                        f"TLS handshake not complete within {self.limits.acse_timeout:g} s;"
+                        " connection closed",
+                    )
+                    return False
+        except (ssl.SSLError, OSError) as exc:
+            reason = f"TLS handshake failed ({describe(exc)}); connection closed"
+            self.report("connection.refused", peer, reason)
+            return False
+        finally:
+            with suppress(OSError):
+                sock.setblocking(True)
+
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start the connection's thread; its slot is given back if that fails."""
         try:
@@ -261,11 +312,16 @@ class GuardedRequestHandler(RequestHandler):
     server: GuardedServer
 
     def handle(self) -> None:
-        """Run the association in its thread; give the connection's slot back when it ends."""
+        """Shake hands (on a TLS listener), then run the association in its thread; give the
+        connection's slot back when it ends."""
         try:
+            peer = f"{self.client_address[0]}:{self.client_address[1]}"
+            if isinstance(self.request, ssl.SSLSocket) and not self.server.handshake(
+                self.request, peer
+            ):
+                return
             assoc = self._create_association()
             sock = cast(AssociationSocket, assoc.dul.socket)  # set by _create_association
-            peer = f"{self.client_address[0]}:{self.client_address[1]}"
             reader = PduReader(sock, self.server.limits, self.server.report, peer)
             sock.recv = reader.recv  # type: ignore[method-assign]  # this connection only
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
