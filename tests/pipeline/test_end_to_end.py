@@ -199,3 +199,39 @@ def test_worker_killed_mid_job_completes_once_on_a_new_worker(stack: Stack) -> N
     [job] = stack.jobs().jobs_of_study(uid)
     assert job["attempts"] == 2  # the killed attempt, then the one that finished
     assert len(stack.orthanc.instances(study_id)) == 4 + 6  # results arrived once
+
+
+def test_the_shipped_models_marks_reach_orthanc_on_the_source_images(stack: Stack) -> None:
+    """The malignant CBIS-DDSM exam through Orthanc with models/DEFAULT: the CAD SR Orthanc
+    stores has a finding for each mark, its centre on the right source image."""
+    from cad_node.demo import sample_exams
+
+    del stack.env["CAD_NODE_MODEL"]  # models/DEFAULT, which localises
+    stack.start(serve(stack.data_dir, stack.env))
+    wait_listening(stack.node_port)
+    exam = next(e for e in sample_exams() if "P_00820" in str(e[0].PatientID))
+    study_id = ""
+    for n, ds in enumerate(exam):
+        study_id = stack.orthanc.upload(write(ds, stack.tmp / "modality", f"{n}.dcm"))
+    stack.orthanc.push_study("cadnode", study_id)
+    results = _results_in_orthanc(stack, study_id, 6)
+    uid = exam[0].StudyInstanceUID
+    [job] = wait_for(
+        lambda: [j for j in stack.jobs().jobs_of_study(uid) if j["state"] == "done"], timeout=30
+    )
+    marks = {
+        (i["sop_instance_uid"], d["x"] + 0.5, d["y"] + 0.5)  # Graphic Data: pixel centres + 0.5
+        for i in job["result"]["images"]
+        for d in i["detections"]
+    }
+    assert marks, "the malignant exam gave no mark (the demo shows several)"
+    sr = next(d for d in results if d.SOPClassUID == MAMMO_CAD_SR_CLASS)
+    points = {
+        (
+            str(item.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID),
+            *(round(float(v), 1) for v in item.GraphicData),
+        )
+        for item in _walk(sr.ContentSequence)
+        if item.get("ValueType") == "SCOORD" and item.GraphicType == "POINT"
+    }
+    assert points == {(sop, round(x, 1), round(y, 1)) for sop, x, y in marks}
