@@ -60,6 +60,8 @@ class JobState(enum.StrEnum):
     """Every result object reached every destination (or there are no destinations)."""
     FAILED = "failed"
     """A terminal failure; ``error`` says why."""
+    UNCHANGED = "unchanged"
+    """The revision holds the same instances as the last analysed one: no new report."""
 
 
 class DeliveryState(enum.StrEnum):

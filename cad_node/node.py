@@ -25,10 +25,11 @@ StudyCompleteCallback = Callable[[CompletedStudy], None]
 
 
 class StudyMonitor:
-    """Completes studies after their quiet period, from database timestamps alone.
+    """Completes studies after their quiet period, from database timestamps.
 
-    Because the timer is the stored ``last_received_at``, it survives a restart: studies left
-    pending by a crash complete on the first pass after start-up.
+    Downtime is not quiet time: a sender cut off by a crash resends once the node is back, so
+    nothing completes before a full quiet period after :meth:`start`. Studies left pending by a
+    crash then complete from their stored ``last_received_at``.
     """
 
     def __init__(
@@ -44,9 +45,11 @@ class StudyMonitor:
         self.interval = interval if interval is not None else min(1.0, quiet_seconds / 4)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="study-monitor", daemon=True)
+        self._listening_since = utcnow()
 
     def start(self) -> None:
-        """Start checking in a background thread."""
+        """Start checking in a background thread; the quiet period runs from now at least."""
+        self._listening_since = utcnow()
         self._thread.start()
 
     def stop(self) -> None:
@@ -57,7 +60,10 @@ class StudyMonitor:
 
     def check_once(self) -> list[CompletedStudy]:
         """Complete every due study now and hand each to the callback."""
-        completed = self.repo.complete_due_studies(utcnow(), self.quiet_seconds)
+        now = utcnow()
+        if (now - self._listening_since).total_seconds() < self.quiet_seconds:
+            return []  # the quiet period restarts with the node
+        completed = self.repo.complete_due_studies(now, self.quiet_seconds)
         for study in completed:
             log.info(
                 "study %s complete (revision %d): views %s, missing %s",
@@ -174,7 +180,6 @@ class Node:
                 target=self._sweep_outbox, name="outbox-sweeper", daemon=True
             )
             self._sweeper.start()
-        self.monitor.check_once()  # studies left pending by a restart
         self.monitor.start()
 
     def stop(self) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import wait_for
@@ -60,3 +62,22 @@ def test_sigkill_after_acknowledgement_loses_nothing(
     assert "node.recovered" in kinds
     # The configured model folder is missing: the node says so once, at start-up.
     assert "no manifest.json in model folder" in (tmp_path / "serve.log").read_text()
+
+
+def test_downtime_is_not_quiet_time(node_factory: Any, tmp_path: Path) -> None:
+    """A study cut off by a stop completes a full quiet period after the restart, not at once."""
+    first = node_factory(study_quiet_seconds=1.0)
+    views = four_views()
+    uid = views[0].StudyInstanceUID
+    assert store(first.scp.port, views[:3]) == [dicom_status.SUCCESS] * 3
+    first.stop()
+    time.sleep(1.5)  # down for longer than the quiet period
+
+    second = node_factory(study_quiet_seconds=1.0)
+    time.sleep(0.5)
+    assert second.repo.show_study(uid)["status"] == "receiving"
+    assert store(second.scp.port, views[3:]) == [dicom_status.SUCCESS]  # the sender's resend
+    study = wait_for(
+        lambda: (s := second.repo.show_study(uid)) and s["status"] == "complete" and s, timeout=10
+    )
+    assert study["revision"] == 1 and study["views"] == ["L-CC", "L-MLO", "R-CC", "R-MLO"]

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node.audit.models import Delivery, Event, Instance, Job, Study, new_event, utcnow
 from cad_node.domain import (
@@ -35,7 +35,8 @@ class JobStart:
     revision: int
     attempt: int
     instance_paths: list[str]
-    """Spool-relative paths of the study's stored instances the model can analyse."""
+    """Spool-relative paths of the stored instances the model can analyse, exactly those of
+    the job's revision (fixed when the study completed), not whatever has arrived since."""
     other_paths: list[str]
     """Spool-relative paths of the study's other stored instances (headers are enough)."""
     predecessors: list[dict[str, str]]
@@ -144,6 +145,27 @@ class JobRepository:
             job = session.get(Job, job_id)
             if job is None or job.state not in (JobState.QUEUED, JobState.RUNNING):
                 return None
+            previous = session.execute(
+                select(Job.revision, Job.objects)
+                .where(
+                    Job.study_id == job.study_id,
+                    Job.revision < job.revision,
+                    Job.objects.is_not(None),
+                )
+                .order_by(Job.revision.desc())
+                .limit(1)
+            ).first()
+            if previous is not None and not self._new_since(session, job, previous.revision):
+                job.state, job.finished_at, job.error = JobState.UNCHANGED, utcnow(), None
+                session.add(
+                    self._event(
+                        "job.unchanged",
+                        job.study_instance_uid,
+                        f"job {job.id} revision {job.revision}: the same instances as revision "
+                        f"{previous.revision}; no new report",
+                    )
+                )
+                return None
             job.state = JobState.RUNNING
             job.attempts += 1
             job.worker = worker
@@ -154,19 +176,10 @@ class JobRepository:
                     Instance.study_id == job.study_id,
                     Instance.outcome == InstanceOutcome.STORED,
                     Instance.path.is_not(None),
+                    Instance.revision <= job.revision,
                 )
                 .order_by(Instance.id)
             ).all()
-            previous = session.scalar(
-                select(Job.objects)
-                .where(
-                    Job.study_id == job.study_id,
-                    Job.revision < job.revision,
-                    Job.objects.is_not(None),
-                )
-                .order_by(Job.revision.desc())
-                .limit(1)
-            )
             session.add(
                 self._event(
                     "job.started",
@@ -181,8 +194,23 @@ class JobRepository:
                 attempt=job.attempts,
                 instance_paths=[p for p, view in stored if p and view],
                 other_paths=[p for p, view in stored if p and not view],
-                predecessors=list(previous or []),
+                predecessors=list(previous.objects or []) if previous else [],
             )
+
+    @staticmethod
+    def _new_since(session: Session, job: Job, revision: int) -> bool:
+        """True when the job's revision includes an instance that ``revision`` did not."""
+        found = session.scalar(
+            select(Instance.id)
+            .where(
+                Instance.study_id == job.study_id,
+                Instance.outcome == InstanceOutcome.STORED,
+                Instance.revision > revision,
+                Instance.revision <= job.revision,
+            )
+            .limit(1)
+        )
+        return found is not None
 
     def finish_analysis(
         self,
