@@ -67,6 +67,8 @@ class DueDelivery:
     path: str
     sop_instance_uid: str
     attempts: int
+    created_at: datetime
+    """When the object was queued: retention counts from here."""
 
 
 class JobRepository:
@@ -331,6 +333,7 @@ class JobRepository:
                             row.path,
                             row.sop_instance_uid,
                             row.attempts,
+                            row.created_at,
                         )
                     )
             return claimed
@@ -343,8 +346,13 @@ class JobRepository:
         status: int | None,
         error: str | None,
         retry_at: datetime | None,
+        overdue: bool = False,
     ) -> None:
-        """Record one send attempt; ``retry_at`` None after a failure means the budget is spent."""
+        """Record one send attempt; ``retry_at`` None after a failure means retention is over.
+
+        ``overdue``: this failure spent the normal attempt budget; it is alerted (an error
+        event) and the job becomes ``delivery_pending`` while the retries go on.
+        """
         now = utcnow()
         with self._sessions.begin() as session:
             row = session.get(Delivery, delivery_id)
@@ -376,12 +384,25 @@ class JobRepository:
                     level="info" if delivered else ("error" if retry_at is None else "warning"),
                 )
             )
+            if overdue:
+                session.add(
+                    self._event(
+                        "delivery.overdue",
+                        job.study_instance_uid,
+                        f"{row.kind} {row.sop_instance_uid} to {row.destination}: not delivered "
+                        f"after {row.attempts} attempts; retrying until retention ends",
+                        level="error",
+                    )
+                )
+                if job.state == JobState.DELIVERING:
+                    job.state = JobState.DELIVERY_PENDING
             session.flush()
             self._settle_job(session, job)
 
     def _settle_job(self, session: Any, job: Job) -> None:
         states = set(session.scalars(select(Delivery.state).where(Delivery.job_id == job.id)).all())
-        if job.state != JobState.DELIVERING or DeliveryState.PENDING in states:
+        pending = job.state in (JobState.DELIVERING, JobState.DELIVERY_PENDING)
+        if not pending or DeliveryState.PENDING in states:
             return
         job.finished_at = utcnow()
         if states <= {DeliveryState.SENT}:
@@ -389,7 +410,7 @@ class JobRepository:
             session.add(self._event("job.done", job.study_instance_uid, f"job {job.id} delivered"))
         else:
             job.state = JobState.FAILED
-            job.error = "some results could not be delivered (see deliveries)"
+            job.error = "some results were not delivered within retention (see deliveries)"
             session.add(
                 self._event(
                     "job.failed",
@@ -408,6 +429,7 @@ class JobRepository:
             ).all()
             for row in failed:
                 row.state, row.attempts, row.next_attempt_at = DeliveryState.PENDING, 0, now
+                row.created_at = now  # a new retention period
                 job = session.get(Job, row.job_id)
                 if job is not None and job.state == JobState.FAILED and job.result is not None:
                     job.state, job.error, job.finished_at = JobState.DELIVERING, None, None
