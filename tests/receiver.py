@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,12 +13,16 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 @dataclass
 class Receiver:
-    """A running SCP; ``received`` lists SOP Instance UIDs in arrival order."""
+    """A running SCP; ``received`` lists SOP Instance UIDs in arrival order, ``digests`` the
+    SHA-256 of each dataset's bytes as they came over the wire, in the same order."""
 
     ae_title: str
     port: int
     server: Any
     received: list[str] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)
+    on_store: Callable[[str], None] | None = None
+    """Called with each SOP Instance UID once recorded, before the response is sent."""
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -34,7 +40,11 @@ def start_receiver(
     receiver = Receiver(ae_title, port, None)
 
     def on_store(event: Any) -> int:
-        receiver.received.append(str(event.request.AffectedSOPInstanceUID))
+        uid = str(event.request.AffectedSOPInstanceUID)
+        receiver.digests.append(hashlib.sha256(event.request.DataSet.getvalue()).hexdigest())
+        receiver.received.append(uid)
+        if receiver.on_store is not None:
+            receiver.on_store(uid)
         return 0x0000
 
     receiver.server = ae.start_server(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,11 +12,17 @@ from typing import Any
 import pytest
 from conftest import wait_for
 from factories import four_views
+from model_factory import tiny_model_folder
+from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
+from receiver import start_receiver
 from scu import store
 from services import Process, free_port, node_env, serve, wait_listening
+from sqlalchemy import select, update
 
 from cad_node import dicom_status
 from cad_node.audit.db import make_engine
+from cad_node.audit.models import Delivery, utcnow
 from cad_node.audit.repository import AuditRepository
 
 
@@ -81,3 +89,56 @@ def test_downtime_is_not_quiet_time(node_factory: Any, tmp_path: Path) -> None:
         lambda: (s := second.repo.show_study(uid)) and s["status"] == "complete" and s, timeout=10
     )
     assert study["revision"] == 1 and study["views"] == ["L-CC", "L-MLO", "R-CC", "R-MLO"]
+
+
+def _dataset_digest(path: Path) -> str:
+    """SHA-256 of a file's dataset bytes (after preamble and file meta), as C-STORE sends them."""
+    meta = read_file_meta_info(path)
+    start = 128 + 4 + 12 + int(meta.FileMetaInformationGroupLength)
+    return hashlib.sha256(path.read_bytes()[start:]).hexdigest()
+
+
+@pytest.mark.slow
+def test_a_kill_while_sending_resends_the_same_bytes_with_the_same_uid(tmp_path: Path) -> None:
+    """Sent but not yet recorded when the node died: sent again, byte-identical, same UID."""
+    data = tmp_path / "data"
+    port = free_port()
+    pacs = start_receiver("PACS")
+    env = node_env(
+        data,
+        port,
+        CAD_NODE_STUDY_QUIET_SECONDS="1",
+        CAD_NODE_MODEL=str(tiny_model_folder(tmp_path / "model")),
+        CAD_NODE_DESTINATIONS=json.dumps(
+            [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]
+        ),
+        CAD_NODE_DELIVERY_TIMEOUT_SECONDS="5",
+    )
+    node = serve(data, env)
+    pacs.on_store = lambda uid: node.kill()  # dies while the PACS holds the first object
+    try:
+        node.start()
+        wait_listening(port)
+        assert store(port, four_views()) == [dicom_status.SUCCESS] * 4
+        wait_for(lambda: not node.alive(), timeout=60)
+        pacs.on_store = None
+        [first] = pacs.received
+        engine = make_engine(f"sqlite:///{data / 'cad-node.db'}")
+        with engine.begin() as conn:
+            rows = conn.execute(select(Delivery.state, Delivery.attempts)).all()
+            assert len(rows) == 6 and set(rows) == {("pending", 0)}  # nothing recorded as sent
+            # The dead sender's lease (4 x timeout + 60 s) runs out; the test does not wait.
+            conn.execute(update(Delivery).values(next_attempt_at=utcnow()))
+        engine.dispose()
+
+        node.start()
+        wait_listening(port)
+        wait_for(lambda: len(pacs.received) == 7, timeout=60)
+        assert len(set(pacs.received)) == 6 and pacs.received.count(first) == 2
+        copies = [d for uid, d in zip(pacs.received, pacs.digests, strict=True) if uid == first]
+        [outbox_file] = (data / "outbox").rglob(f"*_{first}.dcm")
+        assert copies == [_dataset_digest(outbox_file)] * 2
+        assert dcmread(outbox_file).SOPInstanceUID == first
+    finally:
+        node.stop()
+        pacs.stop()
