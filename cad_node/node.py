@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Protocol
 
 from cad_node import phi
@@ -22,6 +23,9 @@ from cad_node.settings import Settings
 log = logging.getLogger(__name__)
 
 StudyCompleteCallback = Callable[[CompletedStudy], None]
+
+HANDOFF_GRACE_SECONDS = 60.0
+"""A completed study still without a job this long after completion lost its hand-off."""
 
 
 class StudyMonitor:
@@ -144,10 +148,15 @@ class Node:
         if created:
             self.queue.enqueue(job_id)
 
-    def _queue_missing_jobs(self) -> None:
-        """Create the jobs of completed studies whose hand-off failed or was cut by a crash."""
+    def _queue_missing_jobs(self, *, grace_seconds: float = 0.0) -> None:
+        """Create the jobs of completed studies whose hand-off failed or was cut by a crash.
+
+        ``grace_seconds``: leave alone studies completed more recently, whose hand-off by
+        the study monitor may be under way (only a genuine recovery is logged).
+        """
         assert self.pipeline is not None
-        for uid, revision in self.pipeline.jobs.studies_without_job():
+        before = utcnow() - timedelta(seconds=grace_seconds) if grace_seconds else None
+        for uid, revision in self.pipeline.jobs.studies_without_job(completed_before=before):
             log.warning("study %s revision %d had no job; queueing it now", uid, revision)
             self._queue_job(uid, revision)
 
@@ -155,7 +164,7 @@ class Node:
         assert self.pipeline is not None
         while not self._stopping.wait(self.settings.delivery_sweep_seconds):
             try:
-                self._queue_missing_jobs()
+                self._queue_missing_jobs(grace_seconds=HANDOFF_GRACE_SECONDS)
                 tasks.deliver(self.pipeline)
             except Exception as exc:
                 log.error("outbox sweep failed (%s); retrying", type(exc).__name__)
@@ -173,6 +182,14 @@ class Node:
             "node.started", detail=f"{self.settings.ae_title} on port {self.scp.port}"
         )
         if self.pipeline is not None and self.queue is not None:
+            orphans = self.pipeline.outbox.remove_orphans()
+            if orphans:
+                log.warning("removed %d result file(s) no job records from the outbox", orphans)
+                self.repo.record_event(
+                    "node.recovered",
+                    level="warning",
+                    detail=f"removed {orphans} orphaned result(s)",
+                )
             for job_id in self.pipeline.jobs.unfinished_jobs():  # interrupted by a restart
                 self.queue.enqueue(job_id)
             self._queue_missing_jobs()

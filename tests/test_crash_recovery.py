@@ -22,8 +22,10 @@ from sqlalchemy import select, update
 
 from cad_node import dicom_status
 from cad_node.audit.db import make_engine
+from cad_node.audit.jobs import JobRepository
 from cad_node.audit.models import Delivery, utcnow
 from cad_node.audit.repository import AuditRepository
+from cad_node.node import Node
 
 
 @pytest.fixture
@@ -142,3 +144,52 @@ def test_a_kill_while_sending_resends_the_same_bytes_with_the_same_uid(tmp_path:
     finally:
         node.stop()
         pacs.stop()
+
+
+@pytest.mark.slow
+def test_orphaned_result_files_are_removed_at_start(node_factory: Any, tmp_path: Path) -> None:
+    """Result files of an analysis cut short are removed; recorded ones stay."""
+    model = str(tiny_model_folder(tmp_path / "model"))
+    first = node_factory(pipeline=True, model=model)
+    views = four_views()
+    uid = views[0].StudyInstanceUID
+    assert store(first.scp.port, views) == [dicom_status.SUCCESS] * 4
+    [job] = wait_for(
+        lambda: [j for j in JobRepository(first.engine).jobs_of_study(uid) if j["state"] == "done"],
+        timeout=60,
+    )
+    first.stop()
+    outbox = tmp_path / "data" / "outbox"
+    recorded = sorted(outbox.rglob("*.dcm"))
+    assert len(recorded) == 6
+    cut = [outbox / f"job-{job['job_id']}" / "heatmap-sc_1.2.3.dcm", outbox / "job-99" / "x.dcm"]
+    for path in cut:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"written before the crash")
+
+    node_factory(pipeline=True, model=model)
+    assert sorted(outbox.rglob("*.dcm")) == recorded
+    assert not (outbox / "job-99").exists()
+
+
+def test_the_sweeper_leaves_a_hand_off_under_way_alone(
+    node_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """No "had no job" warning while the study monitor is handing a study on."""
+    slow = Node._on_complete
+
+    def slow_hand_off(self: Node, study: Any) -> None:
+        time.sleep(0.5)  # a busy database or broker
+        slow(self, study)
+
+    monkeypatch.setattr(Node, "_on_complete", slow_hand_off)
+    node = node_factory(
+        pipeline=True, model=str(tmp_path / "no-model"), delivery_sweep_seconds=0.05
+    )
+    views = four_views()
+    uid = views[0].StudyInstanceUID
+    assert store(node.scp.port, views) == [dicom_status.SUCCESS] * 4
+    wait_for(lambda: JobRepository(node.engine).jobs_of_study(uid), timeout=10)
+    time.sleep(0.3)
+    assert "had no job" not in caplog.text
+    assert len(JobRepository(node.engine).jobs_of_study(uid)) == 1

@@ -120,15 +120,40 @@ class JobRepository:
                 assert existing is not None
                 return existing, False
 
-    def studies_without_job(self) -> list[tuple[str, int]]:
-        """Completed study revisions that have no job yet (the hand-off was interrupted)."""
+    def studies_without_job(
+        self, completed_before: datetime | None = None
+    ) -> list[tuple[str, int]]:
+        """Completed study revisions that have no job yet (the hand-off was interrupted).
+
+        ``completed_before``: only those completed earlier, leaving alone a hand-off that is
+        under way right now.
+        """
         with self._sessions() as session:
-            rows = session.execute(
+            query = (
                 select(Study.study_instance_uid, Study.revision)
                 .outerjoin(Job, and_(Job.study_id == Study.id, Job.revision == Study.revision))
                 .where(Study.state == StudyState.COMPLETE, Job.id.is_(None))
-            ).all()
-            return [(str(uid), int(rev)) for uid, rev in rows]
+            )
+            if completed_before is not None:
+                query = query.where(Study.completed_at < completed_before)
+            return [(str(uid), int(rev)) for uid, rev in session.execute(query).all()]
+
+    def outbox_references(self) -> tuple[set[str], set[int]]:
+        """Outbox paths that recorded jobs name, and the ids of jobs still being analysed
+        (whose folders may hold files not recorded yet)."""
+        with self._sessions() as session:
+            paths = {
+                str(o["path"])
+                for objects in session.scalars(select(Job.objects).where(Job.objects.is_not(None)))
+                for o in objects or []
+            }
+            paths.update(str(p) for p in session.scalars(select(Delivery.path).distinct()))
+            busy = set(
+                session.scalars(
+                    select(Job.id).where(Job.state.in_([JobState.QUEUED, JobState.RUNNING]))
+                )
+            )
+            return paths, busy
 
     def unfinished_jobs(self) -> list[int]:
         """Jobs queued or interrupted while running (re-queued at start-up)."""

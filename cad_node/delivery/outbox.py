@@ -92,6 +92,28 @@ class Outbox:
         self.policy = policy
         self.timeout = timeout
 
+    def remove_orphans(self) -> int:
+        """Delete result files no job records (an analysis cut by a crash or gone stale).
+
+        Folders of jobs still queued or running are left alone: their files may not be
+        recorded yet. Returns how many files were removed.
+        """
+        if not self.root.is_dir():
+            return 0
+        referenced, busy = self.jobs.outbox_references()
+        removed = 0
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            job = folder.name.removeprefix("job-")
+            if job.isdigit() and int(job) in busy:
+                continue
+            for path in sorted(folder.rglob("*")):
+                if path.is_file() and path.relative_to(self.root).as_posix() not in referenced:
+                    path.unlink()
+                    removed += 1
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        return removed
+
     def deliver_due(self, *, job_id: int | None = None) -> DeliverySummary:
         """Send every due object (of one job, or all); record each outcome."""
         lease = self.timeout * 4 + 60
