@@ -5,10 +5,26 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """A DICOM file's dataset bytes (after preamble and file meta), as C-STORE carries them."""
+    meta = read_file_meta_info(path)
+    return path.read_bytes()[128 + 4 + 12 + int(meta.FileMetaInformationGroupLength) :]
+
+
+def _wire_bytes(event: Any) -> bytes:
+    try:
+        path = event.dataset_path  # pynetdicom streams to a file in chunked mode (our SCP's)
+    except AttributeError:
+        return bytes(event.request.DataSet.getvalue())
+    return dataset_bytes(Path(path))
 
 
 @dataclass
@@ -41,7 +57,7 @@ def start_receiver(
 
     def on_store(event: Any) -> int:
         uid = str(event.request.AffectedSOPInstanceUID)
-        receiver.digests.append(hashlib.sha256(event.request.DataSet.getvalue()).hexdigest())
+        receiver.digests.append(hashlib.sha256(_wire_bytes(event)).hexdigest())
         receiver.received.append(uid)
         if receiver.on_store is not None:
             receiver.on_store(uid)

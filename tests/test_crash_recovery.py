@@ -14,8 +14,7 @@ from conftest import wait_for
 from factories import four_views
 from model_factory import tiny_model_folder
 from pydicom import dcmread
-from pydicom.filereader import read_file_meta_info
-from receiver import start_receiver
+from receiver import dataset_bytes, start_receiver
 from scu import store
 from services import Process, free_port, node_env, serve, wait_listening
 from sqlalchemy import select, update
@@ -93,13 +92,6 @@ def test_downtime_is_not_quiet_time(node_factory: Any, tmp_path: Path) -> None:
     assert study["revision"] == 1 and study["views"] == ["L-CC", "L-MLO", "R-CC", "R-MLO"]
 
 
-def _dataset_digest(path: Path) -> str:
-    """SHA-256 of a file's dataset bytes (after preamble and file meta), as C-STORE sends them."""
-    meta = read_file_meta_info(path)
-    start = 128 + 4 + 12 + int(meta.FileMetaInformationGroupLength)
-    return hashlib.sha256(path.read_bytes()[start:]).hexdigest()
-
-
 @pytest.mark.slow
 def test_a_kill_while_sending_resends_the_same_bytes_with_the_same_uid(tmp_path: Path) -> None:
     """Sent but not yet recorded when the node died: sent again, byte-identical, same UID."""
@@ -139,7 +131,7 @@ def test_a_kill_while_sending_resends_the_same_bytes_with_the_same_uid(tmp_path:
         assert len(set(pacs.received)) == 6 and pacs.received.count(first) == 2
         copies = [d for uid, d in zip(pacs.received, pacs.digests, strict=True) if uid == first]
         [outbox_file] = (data / "outbox").rglob(f"*_{first}.dcm")
-        assert copies == [_dataset_digest(outbox_file)] * 2
+        assert copies == [hashlib.sha256(dataset_bytes(outbox_file)).hexdigest()] * 2
         assert dcmread(outbox_file).SOPInstanceUID == first
     finally:
         node.stop()
