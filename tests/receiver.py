@@ -21,8 +21,10 @@ def dataset_bytes(path: Path) -> bytes:
 
 def _wire_bytes(event: Any) -> bytes:
     try:
-        path = event.dataset_path  # pynetdicom streams to a file in chunked mode (our SCP's)
+        path = event.dataset_path  # a file in chunked mode (our own SCP sets it process-wide)
     except AttributeError:
+        path = None
+    if path is None:
         return bytes(event.request.DataSet.getvalue())
     return dataset_bytes(Path(path))
 
