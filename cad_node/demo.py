@@ -150,7 +150,7 @@ def run_demo(
                 done = [
                     j
                     for j in jobs.jobs_of_study(uid)
-                    if j["state"] in (JobState.DONE, JobState.FAILED)
+                    if j["state"] in (JobState.DONE, JobState.DELIVERY_PENDING, JobState.FAILED)
                 ]
                 if done:
                     finished[uid] = done[-1]

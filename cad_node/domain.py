@@ -56,10 +56,15 @@ class JobState(enum.StrEnum):
     """Analysis (inference and encoding of the result objects) under way."""
     DELIVERING = "delivering"
     """Results are written to the outbox; sending to destinations."""
+    DELIVERY_PENDING = "delivery_pending"
+    """Analysed; a destination has not taken every object within the normal attempt budget
+    (alerted). Retries go on at the capped interval until retention ends."""
     DONE = "done"
     """Every result object reached every destination (or there are no destinations)."""
     FAILED = "failed"
     """A terminal failure; ``error`` says why."""
+    UNCHANGED = "unchanged"
+    """The revision holds the same instances as the last analysed one: no new report."""
 
 
 class DeliveryState(enum.StrEnum):
@@ -68,7 +73,7 @@ class DeliveryState(enum.StrEnum):
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
-    """The retry budget is spent; ``cad-node send --retry-failed`` tries again."""
+    """Not delivered within retention; ``cad-node send --retry-failed`` tries again."""
 
 
 # Kinds of result object, as recorded on jobs and deliveries.

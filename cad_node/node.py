@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Protocol
 
 from cad_node import phi, tls
@@ -27,12 +28,16 @@ log = logging.getLogger(__name__)
 
 StudyCompleteCallback = Callable[[CompletedStudy], None]
 
+HANDOFF_GRACE_SECONDS = 60.0
+"""A completed study still without a job this long after completion lost its hand-off."""
+
 
 class StudyMonitor:
-    """Completes studies after their quiet period, from database timestamps alone.
+    """Completes studies after their quiet period, from database timestamps.
 
-    Because the timer is the stored ``last_received_at``, it survives a restart: studies left
-    pending by a crash complete on the first pass after start-up.
+    Downtime is not quiet time: a sender cut off by a crash resends once the node is back, so
+    nothing completes before a full quiet period after :meth:`start`. Studies left pending by a
+    crash then complete from their stored ``last_received_at``.
     """
 
     def __init__(
@@ -48,9 +53,11 @@ class StudyMonitor:
         self.interval = interval if interval is not None else min(1.0, quiet_seconds / 4)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="study-monitor", daemon=True)
+        self._listening_since = utcnow()
 
     def start(self) -> None:
-        """Start checking in a background thread."""
+        """Start checking in a background thread; the quiet period runs from now at least."""
+        self._listening_since = utcnow()
         self._thread.start()
 
     def stop(self) -> None:
@@ -61,7 +68,10 @@ class StudyMonitor:
 
     def check_once(self) -> list[CompletedStudy]:
         """Complete every due study now and hand each to the callback."""
-        completed = self.repo.complete_due_studies(utcnow(), self.quiet_seconds)
+        now = utcnow()
+        if (now - self._listening_since).total_seconds() < self.quiet_seconds:
+            return []  # the quiet period restarts with the node
+        completed = self.repo.complete_due_studies(now, self.quiet_seconds)
         for study in completed:
             log.info(
                 "study %s complete (revision %d): views %s, missing %s",
@@ -155,10 +165,15 @@ class Node:
         if created:
             self.queue.enqueue(job_id)
 
-    def _queue_missing_jobs(self) -> None:
-        """Create the jobs of completed studies whose hand-off failed or was cut by a crash."""
+    def _queue_missing_jobs(self, *, grace_seconds: float = 0.0) -> None:
+        """Create the jobs of completed studies whose hand-off failed or was cut by a crash.
+
+        ``grace_seconds``: leave alone studies completed more recently, whose hand-off by
+        the study monitor may be under way (only a genuine recovery is logged).
+        """
         assert self.pipeline is not None
-        for uid, revision in self.pipeline.jobs.studies_without_job():
+        before = utcnow() - timedelta(seconds=grace_seconds) if grace_seconds else None
+        for uid, revision in self.pipeline.jobs.studies_without_job(completed_before=before):
             log.warning("study %s revision %d had no job; queueing it now", uid, revision)
             self._queue_job(uid, revision)
 
@@ -166,7 +181,7 @@ class Node:
         assert self.pipeline is not None
         while not self._stopping.wait(self.settings.delivery_sweep_seconds):
             try:
-                self._queue_missing_jobs()
+                self._queue_missing_jobs(grace_seconds=HANDOFF_GRACE_SECONDS)
                 tasks.deliver(self.pipeline)
             except Exception as exc:
                 log.error("outbox sweep failed (%s); retrying", type(exc).__name__)
@@ -185,6 +200,14 @@ class Node:
         )
         self.atna.application_started()
         if self.pipeline is not None and self.queue is not None:
+            orphans = self.pipeline.outbox.remove_orphans()
+            if orphans:
+                log.warning("removed %d result file(s) no job records from the outbox", orphans)
+                self.repo.record_event(
+                    "node.recovered",
+                    level="warning",
+                    detail=f"removed {orphans} orphaned result(s)",
+                )
             for job_id in self.pipeline.jobs.unfinished_jobs():  # interrupted by a restart
                 self.queue.enqueue(job_id)
             self._queue_missing_jobs()
@@ -192,7 +215,6 @@ class Node:
                 target=self._sweep_outbox, name="outbox-sweeper", daemon=True
             )
             self._sweeper.start()
-        self.monitor.check_once()  # studies left pending by a restart
         self.monitor.start()
         if self.web is not None:
             self.web.start()

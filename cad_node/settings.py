@@ -143,12 +143,15 @@ class Settings(BaseSettings):
     )
     model: str = Field(default="", description="model folder; empty: the one models/DEFAULT names")
     delivery_max_attempts: int = Field(
-        default=8, ge=1, description="then the object waits in the outbox"
+        default=8, ge=1, description="then an alert, and retries at the capped interval"
     )
     delivery_backoff_seconds: float = Field(default=5.0, gt=0)
     delivery_backoff_max_seconds: float = Field(default=600.0, gt=0)
     delivery_timeout_seconds: float = Field(default=30.0, gt=0)
     delivery_sweep_seconds: float = Field(default=5.0, gt=0, description="outbox retry check")
+    outbox_retention_days: float = Field(
+        default=7.0, gt=0, description="an undelivered object is retried this long, then failed"
+    )
     max_pdu: int = Field(default=4 * 1024 * 1024, ge=0, description="0: unlimited")
     max_associations: int = Field(default=16, ge=1)
     max_connections_per_peer: int = Field(

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node import metrics
 from cad_node.audit.models import Delivery, Event, Instance, Job, Study, new_event, utcnow
@@ -36,7 +36,8 @@ class JobStart:
     revision: int
     attempt: int
     instance_paths: list[str]
-    """Spool-relative paths of the study's stored instances the model can analyse."""
+    """Spool-relative paths of the stored instances the model can analyse, exactly those of
+    the job's revision (fixed when the study completed), not whatever has arrived since."""
     other_paths: list[str]
     """Spool-relative paths of the study's other stored instances (headers are enough)."""
     predecessors: list[dict[str, str]]
@@ -67,6 +68,8 @@ class DueDelivery:
     path: str
     sop_instance_uid: str
     attempts: int
+    created_at: datetime
+    """When the object was queued: retention counts from here."""
 
 
 class JobRepository:
@@ -118,15 +121,40 @@ class JobRepository:
                 assert existing is not None
                 return existing, False
 
-    def studies_without_job(self) -> list[tuple[str, int]]:
-        """Completed study revisions that have no job yet (the hand-off was interrupted)."""
+    def studies_without_job(
+        self, completed_before: datetime | None = None
+    ) -> list[tuple[str, int]]:
+        """Completed study revisions that have no job yet (the hand-off was interrupted).
+
+        ``completed_before``: only those completed earlier, leaving alone a hand-off that is
+        under way right now.
+        """
         with self._sessions() as session:
-            rows = session.execute(
+            query = (
                 select(Study.study_instance_uid, Study.revision)
                 .outerjoin(Job, and_(Job.study_id == Study.id, Job.revision == Study.revision))
                 .where(Study.state == StudyState.COMPLETE, Job.id.is_(None))
-            ).all()
-            return [(str(uid), int(rev)) for uid, rev in rows]
+            )
+            if completed_before is not None:
+                query = query.where(Study.completed_at < completed_before)
+            return [(str(uid), int(rev)) for uid, rev in session.execute(query).all()]
+
+    def outbox_references(self) -> tuple[set[str], set[int]]:
+        """Outbox paths that recorded jobs name, and the ids of jobs still being analysed
+        (whose folders may hold files not recorded yet)."""
+        with self._sessions() as session:
+            paths = {
+                str(o["path"])
+                for objects in session.scalars(select(Job.objects).where(Job.objects.is_not(None)))
+                for o in objects or []
+            }
+            paths.update(str(p) for p in session.scalars(select(Delivery.path).distinct()))
+            busy = set(
+                session.scalars(
+                    select(Job.id).where(Job.state.in_([JobState.QUEUED, JobState.RUNNING]))
+                )
+            )
+            return paths, busy
 
     def unfinished_jobs(self) -> list[int]:
         """Jobs queued or interrupted while running (re-queued at start-up)."""
@@ -145,6 +173,27 @@ class JobRepository:
             job = session.get(Job, job_id)
             if job is None or job.state not in (JobState.QUEUED, JobState.RUNNING):
                 return None
+            previous = session.execute(
+                select(Job.revision, Job.objects)
+                .where(
+                    Job.study_id == job.study_id,
+                    Job.revision < job.revision,
+                    Job.objects.is_not(None),
+                )
+                .order_by(Job.revision.desc())
+                .limit(1)
+            ).first()
+            if previous is not None and not self._new_since(session, job, previous.revision):
+                job.state, job.finished_at, job.error = JobState.UNCHANGED, utcnow(), None
+                session.add(
+                    self._event(
+                        "job.unchanged",
+                        job.study_instance_uid,
+                        f"job {job.id} revision {job.revision}: the same instances as revision "
+                        f"{previous.revision}; no new report",
+                    )
+                )
+                return None
             job.state = JobState.RUNNING
             job.attempts += 1
             job.worker = worker
@@ -155,19 +204,10 @@ class JobRepository:
                     Instance.study_id == job.study_id,
                     Instance.outcome == InstanceOutcome.STORED,
                     Instance.path.is_not(None),
+                    Instance.revision <= job.revision,
                 )
                 .order_by(Instance.id)
             ).all()
-            previous = session.scalar(
-                select(Job.objects)
-                .where(
-                    Job.study_id == job.study_id,
-                    Job.revision < job.revision,
-                    Job.objects.is_not(None),
-                )
-                .order_by(Job.revision.desc())
-                .limit(1)
-            )
             session.add(
                 self._event(
                     "job.started",
@@ -182,8 +222,23 @@ class JobRepository:
                 attempt=job.attempts,
                 instance_paths=[p for p, view in stored if p and view],
                 other_paths=[p for p, view in stored if p and not view],
-                predecessors=list(previous or []),
+                predecessors=list(previous.objects or []) if previous else [],
             )
+
+    @staticmethod
+    def _new_since(session: Session, job: Job, revision: int) -> bool:
+        """True when the job's revision includes an instance that ``revision`` did not."""
+        found = session.scalar(
+            select(Instance.id)
+            .where(
+                Instance.study_id == job.study_id,
+                Instance.outcome == InstanceOutcome.STORED,
+                Instance.revision > revision,
+                Instance.revision <= job.revision,
+            )
+            .limit(1)
+        )
+        return found is not None
 
     def finish_analysis(
         self,
@@ -306,6 +361,7 @@ class JobRepository:
                             row.path,
                             row.sop_instance_uid,
                             row.attempts,
+                            row.created_at,
                         )
                     )
             return claimed
@@ -318,8 +374,13 @@ class JobRepository:
         status: int | None,
         error: str | None,
         retry_at: datetime | None,
+        overdue: bool = False,
     ) -> None:
-        """Record one send attempt; ``retry_at`` None after a failure means the budget is spent."""
+        """Record one send attempt; ``retry_at`` None after a failure means retention is over.
+
+        ``overdue``: this failure spent the normal attempt budget; it is alerted (an error
+        event) and the job becomes ``delivery_pending`` while the retries go on.
+        """
         now = utcnow()
         with self._sessions.begin() as session:
             row = session.get(Delivery, delivery_id)
@@ -351,12 +412,25 @@ class JobRepository:
                     level="info" if delivered else ("error" if retry_at is None else "warning"),
                 )
             )
+            if overdue:
+                session.add(
+                    self._event(
+                        "delivery.overdue",
+                        job.study_instance_uid,
+                        f"{row.kind} {row.sop_instance_uid} to {row.destination}: not delivered "
+                        f"after {row.attempts} attempts; retrying until retention ends",
+                        level="error",
+                    )
+                )
+                if job.state == JobState.DELIVERING:
+                    job.state = JobState.DELIVERY_PENDING
             session.flush()
             self._settle_job(session, job)
 
     def _settle_job(self, session: Any, job: Job) -> None:
         states = set(session.scalars(select(Delivery.state).where(Delivery.job_id == job.id)).all())
-        if job.state != JobState.DELIVERING or DeliveryState.PENDING in states:
+        pending = job.state in (JobState.DELIVERING, JobState.DELIVERY_PENDING)
+        if not pending or DeliveryState.PENDING in states:
             return
         job.finished_at = utcnow()
         if states <= {DeliveryState.SENT}:
@@ -365,7 +439,7 @@ class JobRepository:
             session.add(self._event("job.done", job.study_instance_uid, f"job {job.id} delivered"))
         else:
             job.state = JobState.FAILED
-            job.error = "some results could not be delivered (see deliveries)"
+            job.error = "some results were not delivered within retention (see deliveries)"
             metrics.JOBS.labels(JobState.FAILED).inc()
             session.add(
                 self._event(
@@ -385,6 +459,7 @@ class JobRepository:
             ).all()
             for row in failed:
                 row.state, row.attempts, row.next_attempt_at = DeliveryState.PENDING, 0, now
+                row.created_at = now  # a new retention period
                 job = session.get(Job, row.job_id)
                 if job is not None and job.state == JobState.FAILED and job.result is not None:
                     job.state, job.error, job.finished_at = JobState.DELIVERING, None, None

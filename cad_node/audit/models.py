@@ -131,6 +131,9 @@ class Instance(Base):
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     path: Mapped[str | None] = mapped_column(Text, nullable=True)
     """Relative to the spool directory."""
+    revision: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """The study revision whose completion first included this instance (NULL while its
+    study is receiving): the job of revision r analyses the instances of revision <= r."""
 
 
 class Event(Base):

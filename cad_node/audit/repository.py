@@ -335,6 +335,16 @@ class AuditRepository:
             if changed is None:
                 return None
             uid, revision = changed
+            # The revision's instance set, fixed now: its job analyses exactly these.
+            session.execute(
+                update(Instance)
+                .where(
+                    Instance.study_id == study_id,
+                    Instance.outcome == InstanceOutcome.STORED,
+                    Instance.revision.is_(None),
+                )
+                .values(revision=revision)
+            )
             detail = f"views={','.join(present) or '-'} missing={','.join(missing) or '-'}"
             session.add(
                 new_event(

@@ -3,8 +3,10 @@
 Result objects are files under ``outbox/``; the audit database holds one delivery row per
 object and destination. Each call claims the due rows (a lease keeps other senders off them),
 sends per destination in parallel (one association each, so a dead or refusing PACS never
-delays the others) and records every outcome. After the retry budget an object stays in the
-outbox as ``failed`` until ``cad-node send --retry-failed``.
+delays the others) and records every outcome. A hospital PACS can be down for hours: once the
+normal attempt budget is spent the object is reported overdue (an audit event at level error,
+its job ``delivery_pending``) and retried at the capped interval for as long as the outbox
+retains it; only then is it ``failed`` (``cad-node send --retry-failed`` tries again).
 """
 
 from __future__ import annotations
@@ -32,15 +34,26 @@ class RetryPolicy:
     """How often and how long to retry one object."""
 
     max_attempts: int = 8
+    """The normal budget; past it the object is overdue (alerted) but still retried."""
     base_seconds: float = 5.0
     max_seconds: float = 600.0
+    retention_seconds: float = 7 * 86400.0
+    """How long after its creation an object is retried; then it is failed."""
 
-    def next_attempt(self, attempts_done: int, now: datetime) -> datetime | None:
-        """When to try again after ``attempts_done`` failures; None once the budget is spent."""
-        if attempts_done >= self.max_attempts:
+    def next_attempt(
+        self, attempts_done: int, now: datetime, created_at: datetime
+    ) -> datetime | None:
+        """When to try again after ``attempts_done`` failures; None once retention is over."""
+        expires = created_at + timedelta(seconds=self.retention_seconds)
+        if now >= expires:
             return None
-        delay = min(self.max_seconds, self.base_seconds * 2 ** max(0, attempts_done - 1))
-        return now + timedelta(seconds=delay)
+        exponent = min(max(0, attempts_done - 1), 62)
+        delay = min(self.max_seconds, self.base_seconds * 2.0**exponent)
+        return min(now + timedelta(seconds=delay), expires)
+
+    def overdue(self, attempts_done: int) -> bool:
+        """True on the failure that spends the normal budget (alert once)."""
+        return attempts_done == self.max_attempts
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
@@ -48,6 +61,7 @@ class RetryPolicy:
             settings.delivery_max_attempts,
             settings.delivery_backoff_seconds,
             settings.delivery_backoff_max_seconds,
+            settings.outbox_retention_days * 86400.0,
         )
 
 
@@ -81,6 +95,28 @@ class Outbox:
         self.policy = policy
         self.timeout = timeout
         self.atna = atna or AuditTrail()
+
+    def remove_orphans(self) -> int:
+        """Delete result files no job records (an analysis cut by a crash or gone stale).
+
+        Folders of jobs still queued or running are left alone: their files may not be
+        recorded yet. Returns how many files were removed.
+        """
+        if not self.root.is_dir():
+            return 0
+        referenced, busy = self.jobs.outbox_references()
+        removed = 0
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            job = folder.name.removeprefix("job-")
+            if job.isdigit() and int(job) in busy:
+                continue
+            for path in sorted(folder.rglob("*")):
+                if path.is_file() and path.relative_to(self.root).as_posix() not in referenced:
+                    path.unlink()
+                    removed += 1
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        return removed
 
     def deliver_due(self, *, job_id: int | None = None) -> DeliverySummary:
         """Send every due object (of one job, or all); record each outcome."""
@@ -123,11 +159,12 @@ class Outbox:
         counts = [0, 0, 0]
         now = utcnow()
         for row, outcome in zip(rows, outcomes, strict=True):
+            attempts = row.attempts + 1
             retry_at = (
-                None if outcome.delivered else self.policy.next_attempt(row.attempts + 1, now)
+                None
+                if outcome.delivered or destination is None
+                else self.policy.next_attempt(attempts, now, row.created_at)
             )
-            if destination is None:
-                retry_at = None
             metrics.DELIVERY_ATTEMPTS.labels(key).inc()
             metrics.DELIVERY_FAILURES.labels(key).inc(0 if outcome.delivered else 1)
             self.jobs.record_send(
@@ -136,6 +173,7 @@ class Outbox:
                 status=outcome.status,
                 error=outcome.error,
                 retry_at=retry_at,
+                overdue=retry_at is not None and self.policy.overdue(attempts),
             )
             counts[0 if outcome.delivered else (1 if retry_at else 2)] += 1
         if counts[1] or counts[2]:

@@ -148,9 +148,14 @@ def test_destination_down_then_up_gets_everything_once(
     assert all(d["attempts"] == 2 and d["state"] == "sent" for d in job["deliveries"])
 
 
-def test_refusing_destination_does_not_affect_the_others(
+def _events(jobs: JobRepository, kind: str) -> list[dict[str, object]]:
+    return [e for e in AuditRepository(jobs.engine).recent_events(500) if e["kind"] == kind]
+
+
+def test_past_the_attempt_budget_it_alerts_and_keeps_retrying_until_the_pacs_is_back(
     jobs: JobRepository, tmp_path: Path, receivers: list[Receiver]
 ) -> None:
+    """A refusing (or down) PACS for longer than the budget: pending, not failed."""
     good = start_receiver("PACS")
     picky = start_receiver("PICKY", require_calling_aet=["SOMEONE"])
     receivers += [good, picky]
@@ -160,24 +165,61 @@ def test_refusing_destination_does_not_affect_the_others(
     ]
     job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", dests)
     outbox = Outbox(jobs, tmp_path / "outbox", dests, calling_ae="CADNODE", policy=FAST_RETRY)
-    for _ in range(FAST_RETRY.max_attempts):
+    for _ in range(FAST_RETRY.max_attempts + 2):
         outbox.deliver_due()
         time.sleep(0.06)
     assert sorted(good.received) == sorted(uids) and picky.received == []
     job = jobs.jobs_of_study(_study_of(jobs, job_id))[0]
     refused = [d for d in job["deliveries"] if d["destination"].startswith("PICKY")]
-    assert {d["state"] for d in refused} == {"failed"}
+    assert {d["state"] for d in refused} == {"pending"}
+    assert all(d["attempts"] > FAST_RETRY.max_attempts for d in refused)
     assert all("calling AE title (ours) not recognised" in d["last_error"] for d in refused)
-    assert job["state"] == JobState.FAILED  # visible to ops, with the reason per object
-    # Once the PACS admin allows us, an operator re-sends what waited in the outbox.
+    assert job["state"] == JobState.DELIVERY_PENDING  # analysed; not "failed"
+    overdue = _events(jobs, "delivery.overdue")
+    assert len(overdue) == 3 and {e["level"] for e in overdue} == {"error"}  # one per object
+    assert jobs.counts()["jobs"] == {"delivery_pending": 1}
+    # Once the PACS admin allows us, the next retry delivers: nobody has to step in.
     picky.stop()
     receivers.remove(picky)
     fixed = start_receiver("PICKY", port=picky.port)
     receivers.append(fixed)
-    assert jobs.retry_failed() == 3
     assert outbox.deliver_due().sent == 3
     assert sorted(fixed.received) == sorted(uids)
     assert _job_state(jobs, job_id) == JobState.DONE
+
+
+def test_an_object_past_retention_fails_and_an_operator_can_send_it_again(
+    jobs: JobRepository, tmp_path: Path, receivers: list[Receiver]
+) -> None:
+    port = free_port()  # down
+    dest = Destination(ae_title="PACS", host="127.0.0.1", port=port)
+    job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", [dest])
+    policy = RetryPolicy(max_attempts=2, base_seconds=0.01, max_seconds=0.05, retention_seconds=0.5)
+    outbox = Outbox(jobs, tmp_path / "outbox", [dest], calling_ae="CADNODE", policy=policy)
+    wait_for(lambda: outbox.deliver_due().failed == 3, timeout=10, interval=0.06)
+    assert _job_state(jobs, job_id) == JobState.FAILED
+    assert len(_events(jobs, "delivery.failed")) == 3
+    receiver = start_receiver("PACS", port=port)
+    receivers.append(receiver)
+    assert jobs.retry_failed() == 3  # with a new retention period
+    assert outbox.deliver_due().sent == 3
+    assert sorted(receiver.received) == sorted(uids)
+    assert _job_state(jobs, job_id) == JobState.DONE
+
+
+def test_retries_go_on_at_the_capped_interval_until_retention_ends() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    policy = RetryPolicy(max_attempts=3, base_seconds=5, max_seconds=600, retention_seconds=86400)
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    now = created + timedelta(hours=5)
+    assert policy.next_attempt(1, now, created) == now + timedelta(seconds=5)
+    assert policy.next_attempt(3, now, created) == now + timedelta(seconds=20)
+    assert policy.next_attempt(500, now, created) == now + timedelta(seconds=600)
+    assert policy.overdue(3) and not policy.overdue(2) and not policy.overdue(4)
+    late = created + timedelta(seconds=86400 - 60)
+    assert policy.next_attempt(500, late, created) == created + timedelta(seconds=86400)
+    assert policy.next_attempt(500, created + timedelta(days=1), created) is None
 
 
 def test_dcmtk_storescp_receives_the_objects(jobs: JobRepository, tmp_path: Path) -> None:

@@ -1,0 +1,78 @@
+"""Jobs in the audit database: what each revision's job analyses."""
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from factories import mammogram
+from sqlalchemy import update
+
+from cad_node.assembly import identify
+from cad_node.audit.db import make_engine, upgrade
+from cad_node.audit.jobs import JobRepository, ResultObject
+from cad_node.audit.models import Study, utcnow
+from cad_node.audit.repository import AuditRepository, StoredFile
+from cad_node.domain import MAMMO_CAD_SR, JobState
+
+UID = "1.2.826.0.1.3680043.8.498.1"
+
+
+@pytest.fixture
+def repos(tmp_path: Path) -> tuple[AuditRepository, JobRepository]:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    return AuditRepository(engine), JobRepository(engine)
+
+
+def _store(repo: AuditRepository, lat: str, view: str) -> str:
+    info = identify(mammogram(study_uid=UID, laterality=lat, view=view))
+    path = f"{UID}/{info.sop_instance_uid}.dcm"
+    stored = StoredFile(path=path, bytes=10, sha256="0" * 64, transfer_syntax_uid="1.2")
+    repo.record_stored(info, stored, status=0, calling_ae="SCU", peer="127.0.0.1:1")
+    return path
+
+
+def _complete(repo: AuditRepository) -> int:
+    [done] = repo.complete_due_studies(utcnow() + timedelta(seconds=10), quiet_seconds=1)
+    return done.revision
+
+
+def test_a_job_reads_exactly_the_instances_of_its_revision(
+    repos: tuple[AuditRepository, JobRepository],
+) -> None:
+    audit, jobs = repos
+    first = [_store(audit, "L", "CC"), _store(audit, "L", "MLO"), _store(audit, "R", "CC")]
+    job1, _ = jobs.create_job(UID, _complete(audit))
+    late = _store(audit, "R", "MLO")  # arrives before revision 1's job starts
+    job2, _ = jobs.create_job(UID, _complete(audit))
+
+    start1 = jobs.start_job(job1, "w")
+    assert start1 is not None and start1.instance_paths == first
+    start2 = jobs.start_job(job2, "w")
+    assert start2 is not None and start2.instance_paths == [*first, late]
+
+
+def test_a_revision_with_the_instances_of_the_last_report_makes_no_new_one(
+    repos: tuple[AuditRepository, JobRepository],
+) -> None:
+    audit, jobs = repos
+    _store(audit, "L", "CC")
+    job1, _ = jobs.create_job(UID, _complete(audit))
+    # Re-opened with nothing new (as a database from before instance revisions can hold).
+    with audit._sessions.begin() as session:
+        session.execute(update(Study).values(state="receiving"))
+    job2, _ = jobs.create_job(UID, _complete(audit))
+
+    start1 = jobs.start_job(job1, "w")
+    assert start1 is not None
+    sr = ResultObject(MAMMO_CAD_SR, "1.2.840.10008.5.1.4.1.1.88.50", "1.2.3.4", "job-1/sr.dcm")
+    jobs.finish_analysis(
+        job1, attempt=1, result={}, model={}, objects=[sr], destinations=["PACS@h:1"]
+    )
+
+    assert jobs.start_job(job2, "w") is None
+    [_, second] = jobs.jobs_of_study(UID)
+    assert second["state"] == JobState.UNCHANGED and second["report_sop_instance_uid"] is None
+    kinds = [e["kind"] for e in audit.recent_events(100)]
+    assert "job.unchanged" in kinds
