@@ -242,3 +242,14 @@ def test_in_a_browser_log_in_see_the_heatmap_and_resend(node_factory: Any, tmp_p
         pacs.stop()
     [after] = jobs.jobs_of_study(uid)
     assert after["state"] == "done"
+
+
+def test_config_hash_password_prints_a_hash_that_logs_in() -> None:
+    from click.testing import CliRunner
+
+    from cad_node.cli import main
+
+    result = CliRunner().invoke(main, ["config", "hash-password"], input="pw-1\npw-1\n")
+    assert result.exit_code == 0, result.output
+    stored = result.output.strip().splitlines()[-1]
+    assert password_matches("pw-1", stored) and "pw-1" not in stored
