@@ -308,6 +308,15 @@ def config_show(ctx: Context) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
+@config_group.command("hash-password")
+@click.password_option(prompt="Console password", help="Read from the terminal if not given.")
+def config_hash_password(password: str) -> None:
+    """Print the value for CAD_NODE_HTTP_PASSWORD_HASH (PBKDF2-SHA256, salted)."""
+    from cad_node.web.auth import hash_password
+
+    click.echo(hash_password(password))
+
+
 def _read_inputs(paths: tuple[Path, ...]) -> list[Dataset]:
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError

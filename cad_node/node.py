@@ -139,6 +139,7 @@ class Node:
                 JobRepository(self.engine),
                 self.spool,
                 lambda: self.scp.listening,
+                self._deliver_now if pipeline else None,
             )
             self.web = WebServer(web)
         self.pipeline: PipelineContext | None = None
@@ -154,6 +155,10 @@ class Node:
                 self.queue = CeleryQueue(settings)
             else:
                 self.queue = EmbeddedQueue(self.pipeline)
+
+    def _deliver_now(self) -> None:
+        if self.pipeline is not None:
+            tasks.deliver(self.pipeline)
 
     def _on_complete(self, study: CompletedStudy) -> None:
         self._queue_job(study.study_instance_uid, study.revision)

@@ -184,6 +184,18 @@ class Settings(BaseSettings):
         default=SecretStr(""),
         description="bearer token of the API, or 'sha256:<hex digest>' of it; empty: API closed",
     )
+    http_user: str = Field(default="ops", min_length=1, description="ops console login name")
+    http_password_hash: SecretStr = Field(
+        default=SecretStr(""),
+        description="console password as 'pbkdf2_sha256$<iterations>$<salt hex>$<hash hex>' "
+        "(cad-node config hash-password); empty: the console takes the API token",
+    )
+    http_session_hours: float = Field(default=8.0, gt=0, description="console sessions expire")
+    http_session_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="signs console sessions; empty: a random one per process (logins end "
+        "with a restart)",
+    )
     tls_port: int = Field(
         default=0, ge=0, le=65535, description="DICOM over TLS (2762 is registered); 0: none"
     )

@@ -450,22 +450,75 @@ class JobRepository:
                 )
             )
 
-    def retry_failed(self) -> int:
-        """Put every failed delivery back in the queue (and its job back to delivering)."""
+    def retry_failed(
+        self,
+        *,
+        study_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        destination: str | None = None,
+        by: str | None = None,
+    ) -> int:
+        """Put failed deliveries back in the queue (and their jobs back to delivering): all,
+        or those of one study, object or destination; ``by`` names who asked, for the log."""
         now = utcnow()
         with self._sessions.begin() as session:
-            failed = session.scalars(
-                select(Delivery).where(Delivery.state == DeliveryState.FAILED)
-            ).all()
+            query = select(Delivery).where(Delivery.state == DeliveryState.FAILED)
+            if study_instance_uid is not None:
+                query = query.join(Job, Job.id == Delivery.job_id).where(
+                    Job.study_instance_uid == study_instance_uid
+                )
+            if sop_instance_uid is not None:
+                query = query.where(Delivery.sop_instance_uid == sop_instance_uid)
+            if destination is not None:
+                query = query.where(Delivery.destination == destination)
+            failed = session.scalars(query).all()
             for row in failed:
                 row.state, row.attempts, row.next_attempt_at = DeliveryState.PENDING, 0, now
                 row.created_at = now  # a new retention period
                 job = session.get(Job, row.job_id)
                 if job is not None and job.state == JobState.FAILED and job.result is not None:
                     job.state, job.error, job.finished_at = JobState.DELIVERING, None, None
-            if failed:
-                session.add(self._event("delivery.requeued", None, f"{len(failed)} object(s)"))
+            if failed or by is not None:  # a request by someone is logged even when moot
+                which = sop_instance_uid or study_instance_uid or "all failed"
+                session.add(
+                    self._event(
+                        "delivery.requeued",
+                        study_instance_uid,
+                        f"{len(failed)} object(s) ({which})" + (f" by {by}" if by else ""),
+                    )
+                )
             return len(failed)
+
+    def latest_jobs(self, study_instance_uids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The newest job of each study: its state and exam score (for the studies page)."""
+        if not study_instance_uids:
+            return {}
+        with self._sessions() as session:
+            newest = (
+                select(func.max(Job.id))
+                .where(Job.study_instance_uid.in_(study_instance_uids))
+                .group_by(Job.study_instance_uid)
+            )
+            jobs = session.scalars(select(Job).where(Job.id.in_(newest))).all()
+            return {
+                job.study_instance_uid: {
+                    "state": job.state,
+                    "exam_score": (job.result or {}).get("exam_score"),
+                }
+                for job in jobs
+            }
+
+    def result_objects(self, study_instance_uid: str) -> dict[int, list[ResultObject]]:
+        """The result objects each of the study's jobs wrote to the outbox, by job id."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(Job.id, Job.objects).where(
+                    Job.study_instance_uid == study_instance_uid, Job.objects.is_not(None)
+                )
+            ).all()
+            return {
+                int(job_id): [ResultObject(**o) for o in objects or []] for job_id, objects in rows
+            }
 
     def jobs_of_study(self, study_instance_uid: str) -> list[dict[str, Any]]:
         """Jobs of a study with their deliveries, oldest first (for ``audit show``)."""

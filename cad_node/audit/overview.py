@@ -25,3 +25,22 @@ def summary(repo: AuditRepository, jobs: JobRepository, now: datetime) -> dict[s
     result.update(jobs.counts())
     result["recent_errors"] = repo.recent_events(10, "error")
     return result
+
+
+def studies_page(
+    repo: AuditRepository,
+    jobs: JobRepository,
+    text: str = "",
+    state: str = "",
+    *,
+    offset: int = 0,
+    limit: int = 50,
+) -> tuple[list[dict[str, Any]], int]:
+    """A page of studies with their calling AE and newest job's state and exam score; and how
+    many studies match in all."""
+    rows, total = repo.search_studies(text, state, offset=offset, limit=limit)
+    latest = jobs.latest_jobs([r["study_instance_uid"] for r in rows])
+    for row in rows:
+        job = latest.get(row["study_instance_uid"], {})
+        row["job_state"], row["exam_score"] = job.get("state"), job.get("exam_score")
+    return rows, total

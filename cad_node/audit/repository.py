@@ -374,6 +374,45 @@ class AuditRepository:
             ).all()
             return [self._study_dict(study, n) for study, n in rows]
 
+    def search_studies(
+        self, text: str = "", state: str = "", *, offset: int = 0, limit: int = 50
+    ) -> tuple[list[dict[str, Any]], int]:
+        """A page of studies, newest first, whose UID or calling AE contains ``text`` (and in
+        ``state`` when given), each with its calling AE; and how many match in all."""
+        with self._sessions() as session:
+            per_study = (
+                select(
+                    Instance.study_id,
+                    func.count().label("n"),
+                    func.min(Instance.calling_ae).label("calling_ae"),
+                )
+                .where(Instance.outcome == InstanceOutcome.STORED)
+                .group_by(Instance.study_id)
+                .subquery()
+            )
+            query = select(
+                Study, func.coalesce(per_study.c.n, 0), per_study.c.calling_ae
+            ).outerjoin(per_study, per_study.c.study_id == Study.id)
+            if text:
+                pattern = f"%{text}%"
+                query = query.where(
+                    Study.study_instance_uid.like(pattern) | per_study.c.calling_ae.like(pattern)
+                )
+            if state:
+                query = query.where(Study.state == state)
+            total = int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
+            rows = session.execute(
+                query.order_by(Study.last_received_at.desc(), Study.id.desc())
+                .offset(offset)
+                .limit(limit)
+            ).all()
+            page = []
+            for study, n, calling_ae in rows:
+                row = self._study_dict(study, n)
+                row["calling_ae"] = calling_ae
+                page.append(row)
+            return page, total
+
     def show_study(self, study_instance_uid: str) -> dict[str, Any] | None:
         """A study with its instances and events, or None when unknown."""
         with self._sessions() as session:
@@ -416,12 +455,17 @@ class AuditRepository:
                 windows[name] = {str(outcome): int(n) for outcome, n in rows}
             return {"studies": {str(s): int(n) for s, n in studies}, "instances": windows}
 
-    def recent_events(self, limit: int = 50, level: str | None = None) -> list[dict[str, Any]]:
-        """The newest events (optionally of one level), newest first."""
+    def recent_events(
+        self, limit: int = 50, level: str | None = None, kind: str = "", *, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        """The newest events, newest first: optionally of one level, and of kinds starting with
+        ``kind`` (``association.`` or ``association.rejected``)."""
         with self._sessions() as session:
-            query = select(Event).order_by(Event.id.desc()).limit(limit)
+            query = select(Event).order_by(Event.id.desc()).offset(offset).limit(limit)
             if level:
                 query = query.where(Event.level == level)
+            if kind:
+                query = query.where(Event.kind.startswith(kind, autoescape=True))
             return [
                 {
                     "at": e.at.isoformat(),
@@ -434,6 +478,11 @@ class AuditRepository:
                 }
                 for e in session.scalars(query)
             ]
+
+    def event_kinds(self) -> list[str]:
+        """Every event kind in the log, sorted (the events page's filter)."""
+        with self._sessions() as session:
+            return sorted(str(k) for k in session.scalars(select(Event.kind).distinct()))
 
     @staticmethod
     def _study_dict(study: Study, n_instances: int) -> dict[str, Any]:

@@ -1,12 +1,13 @@
-"""The ASGI app: open health and metrics, the token-protected JSON API."""
+"""The ASGI app: open health and metrics, the token-protected JSON API, the ops console."""
 
 from __future__ import annotations
 
 import logging
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -14,10 +15,11 @@ from cad_node import __version__
 from cad_node.audit import overview
 from cad_node.audit.models import utcnow
 from cad_node.web import schemas
-from cad_node.web.auth import expected_digest, require_token
+from cad_node.web.auth import ConsoleAuth, expected_digest, require_token
 from cad_node.web.context import WebContext
 from cad_node.web.health import readiness
 from cad_node.web.metrics import build_registry
+from cad_node.web.pages import LoginRequired, console_router
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,12 @@ def build_app(ctx: WebContext) -> FastAPI:
         log.error("web: %s %s failed (%s)", request.method, request.url.path, type(exc).__name__)
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, exc: LoginRequired) -> Response:
+        return RedirectResponse(f"/login?next={quote(exc.path, safe='')}", status_code=303)
+
     app.include_router(health_router(ctx))
     app.include_router(api_router(ctx, app))
+    app.state.console_auth = ConsoleAuth(ctx.settings)
+    app.include_router(console_router(ctx, app.state.console_auth))
     return app

@@ -20,3 +20,5 @@ class WebContext:
     jobs: JobRepository
     spool: Spool
     scp_listening: Callable[[], bool]
+    deliver_now: Callable[[], object] | None = None
+    """Send what is due in the outbox now; None when this node runs no pipeline."""
