@@ -67,6 +67,9 @@ PDU_NAMES: dict[int, str] = {
 A_ABORT_INVALID_PARAMETER = bytes.fromhex("07000000000400000206")
 """A-ABORT PDU; source: service provider, reason: invalid PDU parameter value (PS3.8 9.3.8)."""
 
+DUL_CHECK_SECONDS = 0.2
+"""How often a connection's thread checks that pynetdicom's DUL still runs."""
+
 Reporter = Callable[[str, str, str], None]
 """Records a connection-level event: ``(kind, peer "host:port", reason)``."""
 
@@ -326,7 +329,14 @@ class GuardedRequestHandler(RequestHandler):
             sock.recv = reader.recv  # type: ignore[method-assign]  # this connection only
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
             assoc.start()
-            assoc.join()
+            while assoc.is_alive():
+                assoc.join(timeout=DUL_CHECK_SECONDS)
+                if assoc.is_alive() and not assoc.is_established and not assoc.dul.is_alive():
+                    # The connection ended before an association request (refused, closed or
+                    # garbage): pynetdicom would wait out the ACSE timeout for one, holding
+                    # this slot. None is what its wait returns on a timeout.
+                    assoc.dul.to_user_queue.put(None)
+                    assoc.join()
         finally:
             self.server.connection_ended(self.client_address)
 

@@ -145,6 +145,21 @@ def test_connections_over_the_per_peer_cap_are_closed_at_once(
     assert "refused at the cap" in summary[0]["detail"]
 
 
+def test_refused_connections_give_their_slots_back_at_once(
+    node_factory: Callable[..., Node],
+) -> None:
+    """A connection the node closed (an absurd header, garbage) frees its slot when it closes,
+    not an ACSE timeout later: a peer's bad attempts do not lock its address out."""
+    node = node_factory(max_connections_per_peer=2, acse_timeout_seconds=30)
+    for header in ["0100FFFFFFFF", "0200FFFFFFF0", "0400FFFFFFFF", "0500FFFFFFFF"]:
+        with _raw(node) as sock:
+            sock.sendall(bytes.fromhex(header))
+            assert _until_closed(sock, timeout=5) is not None
+    with _raw(node) as sock:
+        sock.sendall(bytes.fromhex("0100"))  # half a header, then the peer hangs up
+    assert wait_for(lambda: _echo_works(node), timeout=3, interval=0.2)
+
+
 def test_a_silent_connection_is_closed_after_the_acse_timeout(
     node_factory: Callable[..., Node],
 ) -> None:
