@@ -337,7 +337,7 @@ PDU_ATTACKS: dict[str, bytes] = {
     "release-before-association": bytes.fromhex("05000000000400000000"),
     "a-associate-rq-garbage-body": _assoc_rq(68) + bytes(range(68)),
     "a-associate-rq-short-then-close": _assoc_rq(200) + bytes(50),
-    "random-bytes": bytes(random.Random(7).randrange(256) for _ in range(64)),
+    "random-bytes": random.Random(7).randbytes(64),
 }
 
 
