@@ -16,6 +16,7 @@ import json
 import random
 import socket
 import struct
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -39,7 +40,7 @@ from sqlalchemy import select
 
 from cad_node import dicom_status
 from cad_node.audit.db import make_engine
-from cad_node.audit.models import Delivery, Job, Study
+from cad_node.audit.models import Delivery, Instance, Job, Study
 
 PATIENT_NAME = "Qzxcampaign^Vorlina"
 PATIENT_ID = "PHI-QZX-90417"
@@ -690,3 +691,247 @@ def run_fuzz(
     report.phi = phi_hits({"serve.log": log, "audit DB": database_text(node.data)})
     report.seconds = time.monotonic() - started
     return report
+
+
+# --- the chaos campaign -----------------------------------------------------------------
+
+
+@dataclass
+class Pacs:
+    """The destination, across outages: a storage SCP stopped and started on one port."""
+
+    ae_title: str = "PACS"
+    current: Receiver | None = None
+    port: int = 0
+    received: list[tuple[str, str, str]] = field(default_factory=list)
+    """(study, SOP Instance UID, digest) of every object received, outages included."""
+
+    def start(self) -> None:
+        self.current = start_receiver(self.ae_title, self.port)
+        self.port = self.current.port
+
+    def stop(self) -> None:
+        if self.current is not None:
+            r = self.current
+            self.received += list(zip(r.studies, r.received, r.digests, strict=True))
+            r.stop()
+            self.current = None
+
+    def everything(self) -> list[tuple[str, str, str]]:
+        r = self.current
+        now = list(zip(r.studies, r.received, r.digests, strict=True)) if r else []
+        return self.received + now
+
+
+@dataclass
+class StudyOutcome:
+    uid: str
+    acknowledged: set[str] = field(default_factory=set)
+    stored: set[str] = field(default_factory=set)
+    jobs: dict[int, str] = field(default_factory=dict)
+    """State of the job of each revision."""
+    results: int = 0
+    """Result objects the node recorded for its jobs."""
+    missing: int = 0
+    """Recorded results that never reached the PACS."""
+    identical_resends: int = 0
+    changed_resends: int = 0
+    """The same SOP Instance UID received again with other bytes."""
+    unknown: int = 0
+    """Objects of this study at the PACS that no job of the node records (a doubled report)."""
+
+
+@dataclass
+class ChaosReport:
+    seed: int
+    studies: list[StudyOutcome] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    alive: bool = False
+    phi: list[str] = field(default_factory=list)
+    tracebacks: int = 0
+    seconds: float = 0.0
+
+    @property
+    def lost(self) -> int:
+        return sum(len(s.acknowledged - s.stored) for s in self.studies)
+
+    def format(self) -> str:
+        acked = sum(len(s.acknowledged) for s in self.studies)
+        stored = sum(len(s.acknowledged & s.stored) for s in self.studies)
+        lines = [f"chaos: {len(self.studies)} studies, seed {self.seed}, {self.seconds:.0f} s"]
+        lines += [f"  event (from the node's start): {e}" for e in self.events]
+        lines.append(f"images acknowledged {acked}, stored {stored}, lost {self.lost}")
+        for s in self.studies:
+            jobs = ", ".join(f"rev {r}: {state}" for r, state in sorted(s.jobs.items()))
+            lines.append(
+                f"  {s.uid[-12:]}: jobs [{jobs}]; results {s.results}, missing {s.missing}, "
+                f"doubled {s.unknown}, identical re-sends {s.identical_resends}, "
+                f"changed re-sends {s.changed_resends}"
+            )
+        lines.append(f"node alive: {self.alive}; tracebacks logged: {self.tracebacks}")
+        lines.append("patient data in logs/audit DB: " + (", ".join(self.phi) or "none"))
+        return "\n".join(lines)
+
+
+def _send_until_acknowledged(
+    node: Node, datasets: list[Dataset], deadline: float
+) -> tuple[set[str], int]:
+    """Send like a modality: whatever got no Success is sent again once the node is back."""
+    acked: set[str] = set()
+    attempts = 0
+    while time.monotonic() < deadline:
+        left = [ds for ds in datasets if ds.SOPInstanceUID not in acked]
+        if not left:
+            break
+        attempts += 1
+        with suppress(Exception):
+            for ds, code in zip(left, send_datasets(node.port, left), strict=False):
+                if code == dicom_status.SUCCESS:
+                    acked.add(str(ds.SOPInstanceUID))
+        if len(acked) < len(datasets):
+            time.sleep(0.5)
+    return acked, attempts
+
+
+def run_chaos(
+    folder: Path,
+    *,
+    studies: int = 3,
+    associations: int = 3,
+    kills: int = 1,
+    outage_seconds: float = 3.0,
+    seed: int = 0,
+    timeout: float = 240.0,
+    progress: Callable[[str], None] | None = None,
+) -> ChaosReport:
+    """Send ``studies`` four-view studies over ``associations`` associations while the node is
+    SIGKILLed ``kills`` times at random moments and the PACS is down once for
+    ``outage_seconds``; then wait for every result and count what reached the PACS."""
+    say = progress or (lambda _: None)
+    rng = random.Random(seed)
+    report = ChaosReport(seed)
+    started = time.monotonic()
+    pacs = Pacs()
+    pacs.start()
+    node = Node.start(folder, pacs.current)  # type: ignore[arg-type]
+    all_views = [valid_study() for _ in range(studies)]
+    images = [ds for views in all_views for ds in views]
+    chunks = [images[i::associations] for i in range(associations)]
+    window = 1.0 + 0.5 * studies
+    """Kills fall in this many seconds after the node is up: while images come in and are
+    analysed."""
+    lock = threading.Lock()
+    stop = threading.Event()
+    t0 = time.monotonic()  # the node is up: the plan's clock starts
+
+    def chaos() -> None:
+        moments = sorted(rng.uniform(0.2, window) for _ in range(kills))
+        outage_at = rng.uniform(0.5, window + 2)
+        plan = [(t, "kill") for t in moments] + [(outage_at, "outage")]
+        for at, what in sorted(plan):
+            if stop.wait(max(0.0, at - (time.monotonic() - t0))):
+                return
+            with lock:
+                if what == "kill":
+                    node.process.kill()
+                    report.events.append(f"{time.monotonic() - t0:.1f} s: node SIGKILLed")
+                    node.process.start()
+                    wait_listening(node.port, timeout=60)
+                    report.events.append(f"{time.monotonic() - t0:.1f} s: node restarted")
+                else:
+                    pacs.stop()
+                    report.events.append(
+                        f"{time.monotonic() - t0:.1f} s: PACS down for {outage_seconds:g} s"
+                    )
+            if what == "outage":
+                stop.wait(outage_seconds)
+                pacs.start()
+                report.events.append(f"{time.monotonic() - t0:.1f} s: PACS back")
+
+    chaos_thread = threading.Thread(target=chaos, daemon=True)
+    chaos_thread.start()
+    try:
+        acked: set[str] = set()
+        senders = []
+        results: list[set[str]] = [set() for _ in chunks]
+
+        def send(i: int) -> None:
+            results[i], _ = _send_until_acknowledged(node, chunks[i], started + timeout)
+
+        for i in range(len(chunks)):
+            t = threading.Thread(target=send, args=(i,), daemon=True)
+            t.start()
+            senders.append(t)
+        for t in senders:
+            t.join()
+        for r in results:
+            acked |= r
+        say(f"all images acknowledged after {time.monotonic() - started:.0f} s")
+        chaos_thread.join()
+        uids = [views[0].StudyInstanceUID for views in all_views]
+        with suppress(AssertionError):
+            wait_until(
+                lambda: all(_settled(node, uid) for uid in uids),
+                max(10.0, started + timeout - time.monotonic()),
+                "all results delivered",
+                interval=0.5,
+            )
+        report.alive = node.process.alive()
+        received = pacs.everything()
+        for views, uid in zip(all_views, uids, strict=True):
+            report.studies.append(_outcome(node, uid, views, acked, received))
+    finally:
+        stop.set()
+        node.stop()
+        pacs.stop()
+    log = node.log()
+    report.tracebacks = log.count("Traceback")
+    report.phi = phi_hits({"serve.log": log, "audit DB": database_text(node.data)})
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _settled(node: Node, study_uid: str) -> bool:
+    """Every revision's job is done and its results are sent."""
+    jobs = node.deliveries(study_uid)
+    return bool(jobs) and all(
+        state == "done" and sends and all(s == "sent" for _, s in sends)
+        for state, sends in jobs.values()
+    )
+
+
+def _outcome(
+    node: Node,
+    uid: str,
+    views: list[Dataset],
+    acked: set[str],
+    received: list[tuple[str, str, str]],
+) -> StudyOutcome:
+    out = StudyOutcome(uid, acknowledged={str(ds.SOPInstanceUID) for ds in views} & acked)
+    out.stored = {
+        sop for sop in out.acknowledged if (node.data / "spool" / uid / f"{sop}.dcm").exists()
+    }
+    engine = node.engine()
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(Instance.sop_instance_uid).where(Instance.outcome == "stored")
+            ).all()
+        in_db = {str(r[0]) for r in rows}
+    finally:
+        engine.dispose()
+    out.stored &= in_db
+    jobs = node.deliveries(uid)
+    out.jobs = {rev: state for rev, (state, _) in jobs.items()}
+    recorded = {sop for _, sends in jobs.values() for sop, _ in sends}
+    out.results = len(recorded)
+    at_pacs: dict[str, list[str]] = {}
+    for study, sop, digest in received:
+        if study == uid:
+            at_pacs.setdefault(sop, []).append(digest)
+    out.missing = len(recorded - set(at_pacs))
+    out.unknown = len(set(at_pacs) - recorded)
+    for digests in at_pacs.values():
+        out.identical_resends += sum(1 for d in digests[1:] if d == digests[0])
+        out.changed_resends += sum(1 for d in digests[1:] if d != digests[0])
+    return out
