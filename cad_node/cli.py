@@ -68,6 +68,18 @@ def _setup_logging(level: str) -> None:
     phi.guard_logs()
     # pynetdicom logs dataset contents at DEBUG and chatty lines at INFO; keep it quiet.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # Its DUL logs a traceback for each PDU it cannot decode: a peer's bad bytes, not our bug.
+    dul = logging.getLogger("pynetdicom.dul")
+    if not any(isinstance(f, WithoutTraceback) for f in dul.filters):
+        dul.addFilter(WithoutTraceback())
+
+
+class WithoutTraceback(logging.Filter):
+    """Keeps a record's line, drops its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
 
 
 @main.command()

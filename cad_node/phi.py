@@ -24,7 +24,8 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import VR, PersonName, validate_value
 
 WITHHELD = "<value withheld>"
-_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+"""Quoted parts, over line breaks too: a value may hold one (a peer's AE title did)."""
 _VRS = frozenset(VR)
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN", "SQ"})
 _OWN_LOGGERS = ("cad_node",)

@@ -39,6 +39,8 @@ class Receiver:
     server: Any
     received: list[str] = field(default_factory=list)
     digests: list[str] = field(default_factory=list)
+    studies: list[str] = field(default_factory=list)
+    """The Study Instance UID of each object, in the same order."""
     on_store: Callable[[str], None] | None = None
     """Called with each SOP Instance UID once recorded, before the response is sent."""
 
@@ -60,6 +62,7 @@ def start_receiver(
     def on_store(event: Any) -> int:
         uid = str(event.request.AffectedSOPInstanceUID)
         receiver.digests.append(hashlib.sha256(_wire_bytes(event)).hexdigest())
+        receiver.studies.append(str(event.dataset.get("StudyInstanceUID", "")))
         receiver.received.append(uid)
         if receiver.on_store is not None:
             receiver.on_store(uid)

@@ -1,4 +1,5 @@
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,17 @@ def test_serve_with_a_missing_tls_file_stops_with_one_line(
     assert result.output.strip().splitlines() == [
         f"Error: {missing}: cannot read {tmp_path / 'gone.pem'}: No such file or directory"
     ]
+
+
+def test_serve_logs_a_peer_pdu_decode_failure_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    """pynetdicom's DUL logs a traceback for each undecodable PDU; serve keeps the line only."""
+    from cad_node.cli import _setup_logging
+
+    _setup_logging("INFO")
+    caplog.set_level(logging.INFO)
+    try:
+        raise AssertionError("bad item length")
+    except AssertionError as exc:
+        logging.getLogger("pynetdicom.dul").exception(exc)
+    assert "Traceback" not in caplog.text
+    assert "bad item length" in caplog.text

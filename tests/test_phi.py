@@ -72,3 +72,9 @@ def test_invalid_values_name_the_element_and_the_kind_of_problem() -> None:
         "PatientBirthDate (0010,0030): not a valid DA value",
         "OtherPatientIDsSequence[0].PatientSex (0010,0040): not a valid CS value",
     ]
+
+
+def test_a_quoted_value_with_a_line_break_is_withheld() -> None:
+    text = phi.withhold_values("Invalid value for VR PN: 'Doe\nJane' - must not contain")
+    assert "Doe" not in text and "Jane" not in text
+    assert phi.WITHHELD in text

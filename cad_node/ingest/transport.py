@@ -6,8 +6,9 @@ and only those, :class:`PduReader` does these reads:
 
 - the declared length is checked as soon as the 6-byte header is in, before anything more is
   read or allocated; over its type's limit (:meth:`ConnectionLimits.max_length`) the peer gets
-  an A-ABORT and the connection is closed at once. The first PDU, which can only be an
-  association request, is held to the A-ASSOCIATE limit whatever its type;
+  an A-ABORT and the connection is closed at once, as does a PDU of an unknown type. The first
+  PDU, which can only be an association request, is held to the A-ASSOCIATE limit whatever
+  its type;
 - a PDU must arrive whole within the network timeout (the first one: the ACSE timeout, as
   pynetdicom's ARTIM timer cannot fire while a read blocks), however slowly its bytes come;
 - the buffer grows with the bytes that arrived (4 MiB at first, then doubling), never from a
@@ -66,6 +67,9 @@ PDU_NAMES: dict[int, str] = {
 }
 A_ABORT_INVALID_PARAMETER = bytes.fromhex("07000000000400000206")
 """A-ABORT PDU; source: service provider, reason: invalid PDU parameter value (PS3.8 9.3.8)."""
+
+DUL_CHECK_SECONDS = 0.2
+"""How often a connection's thread checks that pynetdicom's DUL still runs."""
 
 Reporter = Callable[[str, str, str], None]
 """Records a connection-level event: ``(kind, peer "host:port", reason)``."""
@@ -130,7 +134,10 @@ class PduReader:
         pdu_type, _, length = struct.unpack(">BBL", header)
         name = PDU_NAMES.get(pdu_type)
         if name is None:
-            return header  # pynetdicom answers an unknown PDU type with an A-ABORT itself
+            # pynetdicom would read the rest as the next PDU's header and wait for it (up to
+            # the network timeout) before its A-ABORT; PS3.8 9.3.1 wants the A-ABORT now.
+            self._refuse(f"unknown PDU type 0x{pdu_type:02X}")
+            return bytearray()
         limit = MAX_ASSOCIATE_LENGTH if first else self._limits.max_length(pdu_type)
         if limit is not None and length > limit:
             when = " before an association" if first and pdu_type not in (0x01, 0x02) else ""
@@ -326,7 +333,14 @@ class GuardedRequestHandler(RequestHandler):
             sock.recv = reader.recv  # type: ignore[method-assign]  # this connection only
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
             assoc.start()
-            assoc.join()
+            while assoc.is_alive():
+                assoc.join(timeout=DUL_CHECK_SECONDS)
+                if assoc.is_alive() and not assoc.is_established and not assoc.dul.is_alive():
+                    # The connection ended before an association request (refused, closed or
+                    # garbage): pynetdicom would wait out the ACSE timeout for one, holding
+                    # this slot. None is what its wait returns on a timeout.
+                    assoc.dul.to_user_queue.put(None)
+                    assoc.join()
         finally:
             self.server.connection_ended(self.client_address)
 

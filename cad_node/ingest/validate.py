@@ -59,12 +59,12 @@ def read_header(path: Path) -> Dataset:
 
 
 def _check_values_within_file(ds: Dataset, size: int) -> None:
-    """Deferred values are skipped by seeking; make sure none claims bytes beyond the end."""
+    """No value claims bytes beyond the end: deferred values are skipped by seeking, and a
+    value read at once (small pixel data) comes back short without an error."""
     for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset would read deferred values
         elem = ds.get_item(tag, keep_deferred=True)
         if (
             isinstance(elem, RawDataElement)
-            and elem.value is None
             and elem.length != _UNDEFINED_LENGTH
             and elem.value_tell + elem.length > size
         ):

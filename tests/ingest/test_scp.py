@@ -140,6 +140,16 @@ def test_stream_cut_inside_pixel_data_is_refused(node: Node, tmp_path: Path) -> 
     assert store(node.scp.port, [path]) == [dicom_status.CANNOT_UNDERSTAND_UNDECODABLE]
 
 
+def test_stream_cut_inside_small_pixel_data_is_refused(node: Node, tmp_path: Path) -> None:
+    """Pixel data small enough to be read at once (not deferred) is checked as well."""
+    ds = mammogram(rows=32, cols=32)  # 2 KiB of pixels
+    path = write(ds, tmp_path)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) - 500])
+    assert store(node.scp.port, [path]) == [dicom_status.CANNOT_UNDERSTAND_UNDECODABLE]
+    assert not node.repo.is_stored(ds.SOPInstanceUID)
+
+
 def test_garbage_dataset_is_refused_with_cannot_understand(node: Node, tmp_path: Path) -> None:
     ds = mammogram()
     path = write(ds, tmp_path)

@@ -145,6 +145,42 @@ def test_connections_over_the_per_peer_cap_are_closed_at_once(
     assert "refused at the cap" in summary[0]["detail"]
 
 
+def test_refused_connections_give_their_slots_back_at_once(
+    node_factory: Callable[..., Node],
+) -> None:
+    """A connection the node closed (an absurd header, garbage) frees its slot when it closes,
+    not an ACSE timeout later: a peer's bad attempts do not lock its address out."""
+    node = node_factory(max_connections_per_peer=2, acse_timeout_seconds=30)
+    for header in ["0100FFFFFFFF", "0200FFFFFFF0", "0400FFFFFFFF", "0500FFFFFFFF"]:
+        with _raw(node) as sock:
+            sock.sendall(bytes.fromhex(header))
+            assert _until_closed(sock, timeout=5) is not None
+    with _raw(node) as sock:
+        sock.sendall(bytes.fromhex("0100"))  # half a header, then the peer hangs up
+    assert wait_for(lambda: _echo_works(node), timeout=3, interval=0.2)
+
+
+def test_an_unknown_pdu_type_is_aborted_at_once(node: Node) -> None:
+    for first in (True, False):
+        assoc = None if first else associate(node.scp.port)
+        if assoc is None:
+            sock = socket.create_connection(("127.0.0.1", node.scp.port), timeout=5)
+        else:
+            assert assoc.is_established
+            sock = assoc.dul.socket.socket
+        sock.sendall(bytes.fromhex("090000000004") + bytes(4))  # type 0x09, a 4-byte body
+        if assoc is None:
+            closed = _until_closed(sock, timeout=5)
+            sock.close()
+            assert closed is not None and closed[1] < 2, "the connection stayed open"
+            assert closed[0] == A_ABORT_INVALID_PDU_PARAMETER
+        else:
+            wait_for(lambda a=assoc: a.is_aborted, timeout=2)
+    events = wait_for(lambda: len(e := _events(node, "connection.refused")) == 2 and e)
+    assert all("unknown PDU type 0x09" in e["detail"] for e in events)
+    assert _echo_works(node)
+
+
 def test_a_silent_connection_is_closed_after_the_acse_timeout(
     node_factory: Callable[..., Node],
 ) -> None:
