@@ -716,6 +716,15 @@ class AuditTrail:
             study = Study(uid, dict(count.sop_classes), count.patient)
             self.emit(instances_transferred(self.source, sender, self.me, [study], action="C"))
 
+    def console_login(self, user: str, host: str, *, login: bool, succeeded: bool) -> None:
+        """User Authentication (login or logout) of an ops console user from ``host``; a
+        refused login is a minor failure (the refusal worked)."""
+        if not self.enabled:
+            return
+        person = Participant(user or "?", True, host=host or None)
+        outcome = Outcome.SUCCESS if succeeded else Outcome.MINOR_FAILURE
+        self.emit(user_authentication(self.source, person, self.me, login=login, outcome=outcome))
+
     def transfer_begun(self, ae_title: str, host: str, files: Iterable[Path]) -> None:
         """Begin Transferring DICOM Instances to a destination (one message per study)."""
         if not self.enabled:

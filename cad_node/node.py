@@ -140,6 +140,7 @@ class Node:
                 self.spool,
                 lambda: self.scp.listening,
                 self._deliver_now if pipeline else None,
+                self.atna,
             )
             self.web = WebServer(web)
         self.pipeline: PipelineContext | None = None

@@ -277,3 +277,34 @@ def test_atna_urls_are_checked() -> None:
     with pytest.raises(ValueError, match="invalid ATNA URL"):
         Settings(atna_url="syslog://audit.example")
     assert not atna.AuditTrail("").enabled
+
+
+def test_console_logins_and_logouts_reach_the_repository(
+    rsyslog: SyslogReceiver, node_factory: Callable[..., Any]
+) -> None:
+    from services import free_port
+    from web.test_pages import TOKEN, Client
+
+    node = node_factory(
+        atna_url=f"syslog+udp://127.0.0.1:{rsyslog.udp_port}",
+        http_port=free_port(),
+        http_token=TOKEN,
+    )
+    client = Client(node.web.port)
+    assert client.login(password="wrong") == 401
+    assert client.login() == 303
+    assert client.request("/logout", {"csrf": client.csrf()})[0] == 303
+    messages = wait_for(lambda: len(of_event(parsed(rsyslog), atna.USER_AUTHENTICATION)) == 3)
+    found = [
+        (
+            _code(m.find("EventIdentification/EventTypeCode")),
+            m.find("EventIdentification").attrib["EventOutcomeIndicator"],  # type: ignore[union-attr]
+            participants(m)["ops"]["NetworkAccessPointID"],
+        )
+        for m in of_event(parsed(rsyslog), atna.USER_AUTHENTICATION)
+    ]
+    assert messages and found == [
+        (atna.LOGIN, "4", "127.0.0.1"),  # refused: a minor failure
+        (atna.LOGIN, "0", "127.0.0.1"),
+        (atna.LOGOUT, "0", "127.0.0.1"),
+    ]

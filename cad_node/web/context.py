@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from cad_node.atna import AuditTrail
 from cad_node.audit.jobs import JobRepository
 from cad_node.audit.repository import AuditRepository
 from cad_node.ingest.spool import Spool
@@ -22,3 +23,5 @@ class WebContext:
     scp_listening: Callable[[], bool]
     deliver_now: Callable[[], object] | None = None
     """Send what is due in the outbox now; None when this node runs no pipeline."""
+    atna: AuditTrail = field(default_factory=AuditTrail)
+    """IHE ATNA audit messages of console logins and logouts (disabled by default)."""

@@ -155,10 +155,10 @@ def console_router(ctx: WebContext, auth: ConsoleAuth) -> APIRouter:
     @router.post("/login")
     def login(request: Request, form: Form) -> Response:
         user, target = form.get("user", ""), _safe_next(form.get("next", "/"))
+        host = request.client.host if request.client else ""
         if not auth.check_login(user, form.get("password", "")):
-            log.warning(
-                "console: failed login from %s", request.client.host if request.client else "?"
-            )
+            log.warning("console: failed login from %s", host or "?")
+            ctx.atna.console_login(user, host, login=True, succeeded=False)
             ctx.repo.record_event(
                 "console.login_failed", level="warning", detail="wrong user name or password"
             )
@@ -172,6 +172,7 @@ def console_router(ctx: WebContext, auth: ConsoleAuth) -> APIRouter:
             )
         _, cookie = auth.new_session(user)
         ctx.repo.record_event("console.login", detail=f"user {user}")
+        ctx.atna.console_login(user, host, login=True, succeeded=True)
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
             SESSION_COOKIE,
@@ -184,9 +185,11 @@ def console_router(ctx: WebContext, auth: ConsoleAuth) -> APIRouter:
         return response
 
     @router.post("/logout")
-    def logout(session: User, form: Form) -> Response:
+    def logout(request: Request, session: User, form: Form) -> Response:
         checked(session, form)
         ctx.repo.record_event("console.logout", detail=f"user {session.user}")
+        host = request.client.host if request.client else ""
+        ctx.atna.console_login(session.user, host, login=False, succeeded=True)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE)
         return response
