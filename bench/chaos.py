@@ -29,6 +29,12 @@ def main() -> None:
     parser.add_argument("--outage", type=float, default=10.0, help="PACS outage, seconds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--delivery-attempts",
+        type=int,
+        help="the node's delivery attempt budget (backoff 1 s, capped at 2 s): an outage "
+        "longer than that schedule must still end with every result delivered",
+    )
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (node log, DB)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cad-node-chaos-") as tmp:
@@ -42,6 +48,7 @@ def main() -> None:
             outage_seconds=args.outage,
             seed=args.seed,
             timeout=args.timeout,
+            delivery_attempts=args.delivery_attempts,
             progress=lambda line: print(line, flush=True),
         )
     print(report.format())

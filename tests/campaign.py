@@ -802,18 +802,31 @@ def run_chaos(
     outage_seconds: float = 3.0,
     seed: int = 0,
     timeout: float = 240.0,
+    delivery_attempts: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ChaosReport:
     """Send ``studies`` four-view studies over ``associations`` associations while the node is
     SIGKILLed ``kills`` times at random moments and the PACS is down once for
-    ``outage_seconds``; then wait for every result and count what reached the PACS."""
+    ``outage_seconds``; then wait for every result and count what reached the PACS.
+
+    ``delivery_attempts`` shortens the node's retry schedule (that many attempts, backoff 1 s
+    capped at 2 s), so that an outage can outlast it: delivery must then go on by itself.
+    """
     say = progress or (lambda _: None)
     rng = random.Random(seed)
     report = ChaosReport(seed)
     started = time.monotonic()
     pacs = Pacs()
     pacs.start()
-    node = Node.start(folder, pacs.current)  # type: ignore[arg-type]
+    schedule = (
+        {
+            "CAD_NODE_DELIVERY_MAX_ATTEMPTS": str(delivery_attempts),
+            "CAD_NODE_DELIVERY_BACKOFF_MAX_SECONDS": "2",
+        }
+        if delivery_attempts
+        else {}
+    )
+    node = Node.start(folder, pacs.current, **schedule)  # type: ignore[arg-type]
     all_views = [valid_study() for _ in range(studies)]
     images = [ds for views in all_views for ds in views]
     chunks = [images[i::associations] for i in range(associations)]
