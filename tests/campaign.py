@@ -905,10 +905,21 @@ def run_chaos(
 
 
 def _settled(node: Node, study_uid: str) -> bool:
-    """Every revision's job is done and its results are sent."""
+    """The study is complete (no late image waits for its quiet period) and every revision's
+    job is done with its results sent (or had nothing new to report)."""
+    engine = node.engine()
+    try:
+        with engine.connect() as conn:
+            study = conn.execute(
+                select(Study.state, Study.revision).where(Study.study_instance_uid == study_uid)
+            ).first()
+    finally:
+        engine.dispose()
+    if study is None or study[0] != "complete":
+        return False
     jobs = node.deliveries(study_uid)
-    return bool(jobs) and all(
-        state == "done" and sends and all(s == "sent" for _, s in sends)
+    return set(jobs) >= set(range(1, int(study[1]) + 1)) and all(
+        state == "unchanged" or (state == "done" and sends and all(s == "sent" for _, s in sends))
         for state, sends in jobs.values()
     )
 

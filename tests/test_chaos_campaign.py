@@ -23,7 +23,9 @@ def test_a_crash_and_an_outage_lose_nothing_and_double_nothing(tmp_path: Path) -
         assert len(study.acknowledged) == 4, "a sender gave up"
         assert study.stored == study.acknowledged, "an acknowledged image was lost"
         assert study.jobs and set(study.jobs.values()) == {"done"}, study.jobs
-        assert study.results >= 6 * len(study.jobs)
+        # the last revision reports all four views (two SRs, four heatmaps); an earlier one,
+        # cut short by a kill, reports what it had (two SRs and a heatmap at least)
+        assert study.results >= 6 + 3 * (len(study.jobs) - 1), study
         assert study.missing == 0 and study.unknown == 0 and study.changed_resends == 0, study
     assert report.lost == 0
     assert report.phi == []
