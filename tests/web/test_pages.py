@@ -202,7 +202,8 @@ def test_in_a_browser_log_in_see_the_heatmap_and_resend(node_factory: Any, tmp_p
         driver.find_element(By.NAME, "user").send_keys("ops")
         driver.find_element(By.NAME, "password").send_keys(TOKEN)
         driver.find_element(By.CSS_SELECTOR, "form.login button").click()
-        assert driver.current_url == f"{base}/studies"
+        # a click returns before the page it leads to has loaded: poll for that page
+        wait_for(lambda: driver.current_url == f"{base}/studies", timeout=15)
         assert uid in driver.page_source
         _screenshot(driver, tmp_path, "studies.png")
         driver.get(f"{base}/")
@@ -214,8 +215,9 @@ def test_in_a_browser_log_in_see_the_heatmap_and_resend(node_factory: Any, tmp_p
 
         driver.get(f"{base}/studies")
         driver.find_element(By.LINK_TEXT, uid).click()
+        # a heatmap per view, once the study page has loaded
+        wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "img.thumb")) == 4, timeout=15)
         images = driver.find_elements(By.CSS_SELECTOR, "img.thumb")
-        assert len(images) == 4  # a heatmap per view
         wait_for(
             lambda: all(
                 driver.execute_script(
@@ -230,7 +232,7 @@ def test_in_a_browser_log_in_see_the_heatmap_and_resend(node_factory: Any, tmp_p
             assert text not in source
 
         driver.find_element(By.CSS_SELECTOR, "#resend-study button").click()
-        assert "Re-queued 6 failed delivery(ies)" in driver.page_source
+        wait_for(lambda: "Re-queued 6 failed delivery(ies)" in driver.page_source, timeout=15)
         wait_for(lambda: len(pacs.received) == 6, timeout=30)
         driver.refresh()
         states = [
