@@ -556,6 +556,56 @@ def send(ctx: Context, retry_failed: bool) -> None:
 
 
 @main.command()
+@click.argument("study_uid")
+@click.option(
+    "--by",
+    "who",
+    default=None,
+    help="Who asks, for the audit log (default: the login name); recorded as 'NAME (cli)'.",
+)
+@pass_context
+def reanalyse(ctx: Context, study_uid: str, who: str | None) -> None:
+    """Analyse a complete study again: a new revision and job with the same images, whose SR
+    references the previous one. With CAD_NODE_BROKER_URL a worker runs it; otherwise it runs
+    here and its results are sent at once."""
+    import getpass
+
+    from cad_node.errors import ReanalysisRefusedError, UnknownStudyError
+    from cad_node.pipeline import tasks
+    from cad_node.pipeline.context import PipelineContext
+
+    settings = ctx.settings
+    engine = _repository(ctx).engine  # a clear error when there is no database yet
+    pipeline = PipelineContext(settings, engine)
+    try:
+        by = f"{who or getpass.getuser()} (cli)"
+        try:
+            job_id, revision = pipeline.jobs.request_reanalysis(study_uid, by)
+        except (UnknownStudyError, ReanalysisRefusedError) as exc:
+            raise click.ClickException(str(exc)) from None
+        if settings.broker_url:
+            from cad_node.pipeline.celery_app import CeleryQueue
+
+            CeleryQueue(settings).enqueue(job_id)
+            click.echo(f"job {job_id} (revision {revision}) queued for the workers")
+            return
+        _setup_logging("WARNING")
+        tasks.run_job(pipeline, job_id)
+        job = next(j for j in pipeline.jobs.jobs_of_study(study_uid) if j["job_id"] == job_id)
+        exam = (job["result"] or {}).get("exam_score")
+        click.echo(
+            f"job {job_id} (revision {revision}): {job['state']}"
+            + (f"; exam score {exam:.3f}" if exam is not None else "")
+            + (f"; error: {job['error']}" if job["error"] else "")
+        )
+        if job["state"] == "failed":
+            raise SystemExit(1)
+    finally:
+        pipeline.close()
+        engine.dispose()
+
+
+@main.command()
 @click.option(
     "--quiet-seconds",
     default=3.0,
