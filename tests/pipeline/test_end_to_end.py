@@ -267,6 +267,22 @@ def _scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     }
 
 
+def _compose_worker_healthcheck(port: int) -> int:
+    """docker/compose.yaml's worker healthcheck, run as Docker would."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import REPO_ROOT
+
+    compose = yaml.safe_load((REPO_ROOT / "docker" / "compose.yaml").read_text())
+    test = compose["services"]["worker"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"]
+    env = {**os.environ, "CAD_NODE_WORKER_METRICS_PORT": str(port)}
+    return subprocess.run([sys.executable, *test[2:]], env=env, capture_output=True).returncode
+
+
 def test_a_workers_metrics_count_its_jobs_and_a_rerun_via_the_api_reaches_orthanc(
     stack: Stack,
 ) -> None:
@@ -291,6 +307,8 @@ def test_a_workers_metrics_count_its_jobs_and_a_rerun_via_the_api_reaches_orthan
     except AssertionError:
         raise AssertionError(f"no worker metrics\n{stack.logs()}") from None
     assert all(name.startswith("cad_node_") for name, _ in before)
+    assert _compose_worker_healthcheck(metrics_port) == 0
+    assert _compose_worker_healthcheck(free_port()) != 0  # nothing listening
     destination = f"{Orthanc.AE}@127.0.0.1:{stack.orthanc.dicom_port}"
 
     def moved(samples: dict[Any, float], name: str, **labels: str) -> float:

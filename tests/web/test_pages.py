@@ -242,6 +242,19 @@ def test_in_a_browser_log_in_see_the_heatmap_and_resend(node_factory: Any, tmp_p
         assert states == ["sent"] * 6
         assert "by ops" in driver.page_source  # the action in the study's event log
         _screenshot(driver, tmp_path, "study.png")
+
+        # Re-run the analysis: a second job, its objects at the PACS, who asked on the page.
+        driver.find_element(By.CSS_SELECTOR, "#reanalyse button").click()
+        wait_for(lambda: "Re-analysis queued as job 2." in driver.page_source, timeout=15)
+        wait_for(lambda: len(pacs.received) == 12, timeout=60)
+        wait_for(
+            lambda: [j["state"] for j in jobs.jobs_of_study(uid)] == ["done", "done"], timeout=30
+        )
+        driver.refresh()
+        assert "Re-analysis requested by <strong>ops</strong>" in driver.page_source
+        assert "revision 2: the same instances analysed again, requested by ops" in (
+            driver.page_source
+        )
         for path in ("/", "/studies", "/events"):
             driver.get(base + path)
             for text in PATIENT_DATA:
@@ -249,8 +262,8 @@ def test_in_a_browser_log_in_see_the_heatmap_and_resend(node_factory: Any, tmp_p
     finally:
         driver.quit()
         pacs.stop()
-    [after] = jobs.jobs_of_study(uid)
-    assert after["state"] == "done"
+    first, rerun = jobs.jobs_of_study(uid)
+    assert (first["state"], rerun["state"], rerun["requested_by"]) == ("done", "done", "ops")
 
 
 def test_config_hash_password_prints_a_hash_that_logs_in() -> None:
