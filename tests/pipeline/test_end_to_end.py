@@ -358,3 +358,27 @@ def test_a_workers_metrics_count_its_jobs_and_a_rerun_via_the_api_reaches_orthan
     assert moved(after, "cad_node_jobs_total", outcome="done") == 2
     assert moved(after, "cad_node_analysis_duration_seconds_count") == 2
     assert moved(after, "cad_node_delivery_attempts_total", destination=destination) == 12
+
+    # `cad-node reanalyse` with a broker queues the job for the workers.
+    import subprocess
+
+    from services import CAD_NODE
+
+    cli = subprocess.run(
+        [CAD_NODE, "reanalyse", uid, "--by", "bob"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.strip() == "job 3 (revision 3) queued for the workers"
+    _results_in_orthanc(stack, study_id, 18)
+    third = wait_for(
+        lambda: [j for j in stack.jobs().jobs_of_study(uid) if j["state"] == "done"][2:],
+        timeout=60,
+    )
+    assert third[0]["requested_by"] == "bob (cli)" and third[0]["worker"]
+    after = _scrape(metrics_port)
+    assert moved(after, "cad_node_jobs_total", outcome="done") == 3
+    assert moved(after, "cad_node_analysis_duration_seconds_count") == 3
