@@ -239,6 +239,7 @@ def audit_show(ctx: Context, study_uid: str, as_json: bool) -> None:
         click.echo(
             f"  job {job['job_id']} revision {job['revision']}: {job['state']}"
             f" (attempts {job['attempts']}, worker {job['worker'] or '-'})"
+            + (f"; requested by {job['requested_by']}" if job["requested_by"] else "")
             + (f"; exam {exam:.3f}; {breasts}" if exam is not None else "")
             + (f"; error: {job['error']}" if job["error"] else "")
         )

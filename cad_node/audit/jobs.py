@@ -13,7 +13,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node import metrics
-from cad_node.audit.models import Delivery, Event, Instance, Job, Study, new_event, utcnow
+from cad_node.audit.models import (
+    REQUESTED_BY_LENGTH,
+    Delivery,
+    Event,
+    Instance,
+    Job,
+    Study,
+    new_event,
+    utcnow,
+)
 from cad_node.domain import (
     MAMMO_CAD_SR,
     DeliveryState,
@@ -130,6 +139,7 @@ class JobRepository:
         Raises :class:`UnknownStudyError`, or :class:`ReanalysisRefusedError` while the study
         is receiving images (its completion analyses it) or a job of it is queued or running.
         """
+        by = by[:REQUESTED_BY_LENGTH]
         with self._sessions.begin() as session:
             # Atomic against a racing image: only a study still complete gets a new revision.
             bumped = session.execute(

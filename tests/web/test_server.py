@@ -337,6 +337,9 @@ def test_a_rerun_via_the_api_and_the_cli_sends_new_srs_that_name_the_previous_on
         result = CliRunner(env=env).invoke(main, ["reanalyse", uid, "--by", "carol"])
         assert result.exit_code == 0, result.output
         assert result.output.startswith("job 3 (revision 3): done; exam score ")
+        shown = CliRunner(env=env).invoke(main, ["audit", "show", uid]).output
+        assert "revision 3: done (attempts 1, worker " in shown
+        assert "; requested by carol (cli)" in shown
         unknown = CliRunner(env=env).invoke(main, ["reanalyse", "1.2.3"])
         assert unknown.exit_code == 1 and "unknown study 1.2.3" in unknown.output
         all_jobs = done(3)
