@@ -239,6 +239,7 @@ def audit_show(ctx: Context, study_uid: str, as_json: bool) -> None:
         click.echo(
             f"  job {job['job_id']} revision {job['revision']}: {job['state']}"
             f" (attempts {job['attempts']}, worker {job['worker'] or '-'})"
+            + (f"; requested by {job['requested_by']}" if job["requested_by"] else "")
             + (f"; exam {exam:.3f}; {breasts}" if exam is not None else "")
             + (f"; error: {job['error']}" if job["error"] else "")
         )
@@ -550,6 +551,56 @@ def send(ctx: Context, retry_failed: bool) -> None:
             click.echo(f"re-queued {pipeline.jobs.retry_failed()} failed delivery(ies)")
         summary = tasks.deliver(pipeline)
         click.echo(f"sent {summary.sent}, to retry {summary.retrying}, failed {summary.failed}")
+    finally:
+        pipeline.close()
+        engine.dispose()
+
+
+@main.command()
+@click.argument("study_uid")
+@click.option(
+    "--by",
+    "who",
+    default=None,
+    help="Who asks, for the audit log (default: the login name); recorded as 'NAME (cli)'.",
+)
+@pass_context
+def reanalyse(ctx: Context, study_uid: str, who: str | None) -> None:
+    """Analyse a complete study again: a new revision and job with the same images, whose SR
+    references the previous one. With CAD_NODE_BROKER_URL a worker runs it; otherwise it runs
+    here and its results are sent at once."""
+    import getpass
+
+    from cad_node.errors import ReanalysisRefusedError, UnknownStudyError
+    from cad_node.pipeline import tasks
+    from cad_node.pipeline.context import PipelineContext
+
+    settings = ctx.settings
+    engine = _repository(ctx).engine  # a clear error when there is no database yet
+    pipeline = PipelineContext(settings, engine)
+    try:
+        by = f"{who or getpass.getuser()} (cli)"
+        try:
+            job_id, revision = pipeline.jobs.request_reanalysis(study_uid, by)
+        except (UnknownStudyError, ReanalysisRefusedError) as exc:
+            raise click.ClickException(str(exc)) from None
+        if settings.broker_url:
+            from cad_node.pipeline.celery_app import CeleryQueue
+
+            CeleryQueue(settings).enqueue(job_id)
+            click.echo(f"job {job_id} (revision {revision}) queued for the workers")
+            return
+        _setup_logging("WARNING")
+        tasks.run_job(pipeline, job_id)
+        job = next(j for j in pipeline.jobs.jobs_of_study(study_uid) if j["job_id"] == job_id)
+        exam = (job["result"] or {}).get("exam_score")
+        click.echo(
+            f"job {job_id} (revision {revision}): {job['state']}"
+            + (f"; exam score {exam:.3f}" if exam is not None else "")
+            + (f"; error: {job['error']}" if job["error"] else "")
+        )
+        if job["state"] == "failed":
+            raise SystemExit(1)
     finally:
         pipeline.close()
         engine.dispose()

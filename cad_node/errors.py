@@ -81,3 +81,18 @@ class UndecodablePixelDataError(PixelDataError):
 
 class ReportingError(CadNodeError):
     """An analysis and its sources cannot be turned into result objects."""
+
+
+class UnknownStudyError(CadNodeError):
+    """No study with this Study Instance UID is recorded."""
+
+
+class ReanalysisRefusedError(CadNodeError):
+    """A study cannot be analysed again now (still receiving, or a job of it is under way).
+
+    ``reason`` is ``receiving`` or ``busy``, for adapters that answer with a fixed message.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -141,6 +141,7 @@ class Node:
                 lambda: self.scp.listening,
                 self._deliver_now if pipeline else None,
                 self.atna,
+                reanalyse=self.reanalyse if pipeline else None,
             )
             self.web = WebServer(web)
         self.pipeline: PipelineContext | None = None
@@ -160,6 +161,22 @@ class Node:
     def _deliver_now(self) -> None:
         if self.pipeline is not None:
             tasks.deliver(self.pipeline)
+
+    def reanalyse(self, study_instance_uid: str, by: str) -> tuple[int, int]:
+        """Queue a re-analysis of a complete study asked for by ``by``: ``(job_id, revision)``.
+
+        Raises what :meth:`JobRepository.request_reanalysis` raises.
+        """
+        assert self.pipeline is not None and self.queue is not None
+        job_id, revision = self.pipeline.jobs.request_reanalysis(study_instance_uid, by)
+        log.info(
+            "study %s: re-analysis job %d (revision %d) queued",
+            study_instance_uid,
+            job_id,
+            revision,
+        )
+        self.queue.enqueue(job_id)  # after the commit, as every job
+        return job_id, revision
 
     def _on_complete(self, study: CompletedStudy) -> None:
         self._queue_job(study.study_instance_uid, study.revision)

@@ -196,6 +196,16 @@ class Settings(BaseSettings):
         description="signs console sessions; empty: a random one per process (logins end "
         "with a restart)",
     )
+    worker_metrics_host: str = Field(
+        default="127.0.0.1",
+        description="where a Celery worker serves /metrics: loopback by default",
+    )
+    worker_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="a Celery worker's Prometheus port (pool process i: this + i); 0: none",
+    )
     tls_port: int = Field(
         default=0, ge=0, le=65535, description="DICOM over TLS (2762 is registered); 0: none"
     )

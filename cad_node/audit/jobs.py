@@ -13,7 +13,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node import metrics
-from cad_node.audit.models import Delivery, Event, Instance, Job, Study, new_event, utcnow
+from cad_node.audit.models import (
+    REQUESTED_BY_LENGTH,
+    Delivery,
+    Event,
+    Instance,
+    Job,
+    Study,
+    new_event,
+    utcnow,
+)
 from cad_node.domain import (
     MAMMO_CAD_SR,
     DeliveryState,
@@ -21,6 +30,7 @@ from cad_node.domain import (
     JobState,
     StudyState,
 )
+from cad_node.errors import ReanalysisRefusedError, UnknownStudyError
 
 
 class StaleJobError(Exception):
@@ -121,6 +131,73 @@ class JobRepository:
                 assert existing is not None
                 return existing, False
 
+    def request_reanalysis(self, study_instance_uid: str, by: str) -> tuple[int, int]:
+        """A new revision of a complete study, with the same instances, and its job: ``(job_id,
+        revision)``. The job records ``by`` and runs although nothing changed; its SR
+        references the previous one like any re-analysis.
+
+        Raises :class:`UnknownStudyError`, or :class:`ReanalysisRefusedError` while the study
+        is receiving images (its completion analyses it) or a job of it is queued or running.
+        """
+        by = by[:REQUESTED_BY_LENGTH]
+        with self._sessions.begin() as session:
+            # Atomic against a racing image: only a study still complete gets a new revision.
+            bumped = session.execute(
+                update(Study)
+                .where(
+                    Study.study_instance_uid == study_instance_uid,
+                    Study.state == StudyState.COMPLETE,
+                )
+                .values(revision=Study.revision + 1)
+                .returning(Study.id, Study.revision)
+            ).first()
+            if bumped is None:
+                state = session.scalar(
+                    select(Study.state).where(Study.study_instance_uid == study_instance_uid)
+                )
+                if state is None:
+                    raise UnknownStudyError(f"unknown study {study_instance_uid}")
+                raise ReanalysisRefusedError(
+                    "the study is receiving images; it is analysed when it completes",
+                    reason="receiving",
+                )
+            study_id, revision = bumped
+            busy = session.scalar(
+                select(Job.id)
+                .where(
+                    Job.study_id == study_id,
+                    Job.state.in_([JobState.QUEUED, JobState.RUNNING]),
+                )
+                .limit(1)
+            )
+            if busy is not None:  # the transaction, revision included, rolls back
+                raise ReanalysisRefusedError(
+                    f"job {busy} of the study is still queued or running", reason="busy"
+                )
+            job = Job(
+                study_id=study_id,
+                study_instance_uid=study_instance_uid,
+                revision=revision,
+                state=JobState.QUEUED,
+                attempts=0,
+                created_at=utcnow(),
+                requested_by=by,
+            )
+            session.add(job)
+            session.flush()
+            session.add(
+                self._event(
+                    "job.reanalysis_requested",
+                    study_instance_uid,
+                    f"job {job.id} revision {revision}: the same instances analysed again, "
+                    f"requested by {by}",
+                )
+            )
+            session.add(
+                self._event("job.queued", study_instance_uid, f"job {job.id} revision {revision}")
+            )
+            return job.id, revision
+
     def studies_without_job(
         self, completed_before: datetime | None = None
     ) -> list[tuple[str, int]]:
@@ -183,7 +260,11 @@ class JobRepository:
                 .order_by(Job.revision.desc())
                 .limit(1)
             ).first()
-            if previous is not None and not self._new_since(session, job, previous.revision):
+            if (
+                previous is not None
+                and job.requested_by is None  # a re-analysis asked for runs regardless
+                and not self._new_since(session, job, previous.revision)
+            ):
                 job.state, job.finished_at, job.error = JobState.UNCHANGED, utcnow(), None
                 session.add(
                     self._event(
@@ -552,6 +633,7 @@ class JobRepository:
                         "created_at": job.created_at.isoformat(),
                         "started_at": job.started_at.isoformat() if job.started_at else None,
                         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+                        "requested_by": job.requested_by,
                         "deliveries": [
                             {
                                 "destination": d.destination,

@@ -28,6 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 UID_LENGTH = 64
 AE_LENGTH = 16
+REQUESTED_BY_LENGTH = 128
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -178,6 +179,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    requested_by: Mapped[str | None] = mapped_column(String(REQUESTED_BY_LENGTH), nullable=True)
+    """Who asked for this job by hand (a re-analysis); such a job runs even when its revision
+    holds the same instances as the last analysed one. NULL for jobs of a completion."""
 
 
 class Delivery(Base):

@@ -17,6 +17,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init
 
+from cad_node import metrics
 from cad_node.domain import JobState
 from cad_node.pipeline import tasks
 from cad_node.pipeline.context import PipelineContext
@@ -77,6 +78,35 @@ def _fresh_context(**_: Any) -> None:
     # Forked worker processes must not share the parent's database connections.
     global _context
     _context = None
+    serve_metrics(_settings or load_settings())
+
+
+def serve_metrics(settings: Settings) -> int | None:
+    """Serve this pool process's counters on ``CAD_NODE_WORKER_METRICS_PORT`` + its index.
+
+    The work (analysis, delivery) happens in the pool processes, so each serves its own
+    ``/metrics``; with the default one process per worker that is one port per worker. Returns
+    the port, or None when the setting is 0 or the port cannot be bound (logged; the worker
+    works on).
+    """
+    if not settings.worker_metrics_port:
+        return None
+    from billiard.process import current_process
+    from prometheus_client import start_http_server
+
+    port = settings.worker_metrics_port + int(getattr(current_process(), "index", 0) or 0)
+    try:
+        start_http_server(port, addr=settings.worker_metrics_host, registry=metrics.REGISTRY)
+    except OSError as exc:
+        log.error(
+            "worker metrics: cannot listen on %s:%d (%s)",
+            settings.worker_metrics_host,
+            port,
+            exc.strerror,
+        )
+        return None
+    log.info("worker metrics on %s:%d/metrics", settings.worker_metrics_host, port)
+    return port
 
 
 @app.task(name=ANALYSE, bind=True, max_retries=tasks.MAX_ANALYSIS_ATTEMPTS, acks_late=True)

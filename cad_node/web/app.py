@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cad_node import __version__
 from cad_node.audit import overview
 from cad_node.audit.models import utcnow
+from cad_node.errors import ReanalysisRefusedError, UnknownStudyError
 from cad_node.web import schemas
 from cad_node.web.auth import ConsoleAuth, expected_digest, require_token
 from cad_node.web.context import WebContext
@@ -80,6 +81,31 @@ def api_router(ctx: WebContext, app: FastAPI) -> APIRouter:
         if found is None:
             raise HTTPException(status_code=404, detail="unknown study")
         return found
+
+    @router.post(
+        "/studies/{study_instance_uid}/reanalyse",
+        status_code=202,
+        response_model=schemas.ReanalysisQueued,
+        responses={
+            404: {"description": "unknown study"},
+            409: {"description": "the study is receiving images, or a job of it is under way"},
+            503: {"description": "this node runs no pipeline"},
+        },
+    )
+    def reanalyse(study_instance_uid: str, request: schemas.ReanalysisRequest | None = None) -> Any:
+        """Analyse a complete study again: a new revision and job, whose SR references the
+        previous one (``cad-node reanalyse UID``)."""
+        if ctx.reanalyse is None:
+            raise HTTPException(status_code=503, detail="this node runs no pipeline")
+        name = request.requested_by if request is not None else None
+        by = f"{name} (api)" if name else "api"
+        try:
+            job_id, revision = ctx.reanalyse(study_instance_uid, by)
+        except UnknownStudyError:
+            raise HTTPException(status_code=404, detail="unknown study") from None
+        except ReanalysisRefusedError as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from None
+        return {"job_id": job_id, "revision": revision, "requested_by": by}
 
     @router.get("/summary", response_model=schemas.Summary)
     def summary() -> Any:

@@ -25,3 +25,6 @@ class WebContext:
     """Send what is due in the outbox now; None when this node runs no pipeline."""
     atna: AuditTrail = field(default_factory=AuditTrail)
     """IHE ATNA audit messages of console logins and logouts (disabled by default)."""
+    reanalyse: Callable[[str, str], tuple[int, int]] | None = None
+    """Analyse a complete study again, ``(study UID, who asks)``: records a new revision and
+    its job, queues it, returns ``(job_id, revision)``; None when this node runs no pipeline."""

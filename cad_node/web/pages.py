@@ -20,8 +20,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from cad_node.audit import overview
 from cad_node.audit.models import utcnow
-from cad_node.domain import HEATMAP_SC, JobState
-from cad_node.errors import ModelError
+from cad_node.domain import HEATMAP_SC, JobState, StudyState
+from cad_node.errors import ModelError, ReanalysisRefusedError, UnknownStudyError
 from cad_node.web.auth import ConsoleAuth, ConsoleSession
 from cad_node.web.context import WebContext
 
@@ -32,6 +32,12 @@ REFRESH_SECONDS = 15
 PAGE_SIZE = 50
 THUMBNAIL_PIXELS = 256
 LEVELS = ("info", "warning", "error")
+REFUSALS = {
+    "receiving": "Not re-analysed: the study is receiving images; it is analysed when it "
+    "completes.",
+    "busy": "Not re-analysed: a job of this study is still queued or running.",
+}
+"""The study page's messages for a refused re-analysis (the query names the reason only)."""
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -234,11 +240,18 @@ def console_router(ctx: WebContext, auth: ConsoleAuth) -> APIRouter:
         )
 
     @router.get("/studies/{study_instance_uid}")
-    def study_page(session: User, study_instance_uid: str, resent: int | None = None) -> Response:
+    def study_page(
+        session: User,
+        study_instance_uid: str,
+        resent: int | None = None,
+        reanalysis: int | None = None,
+        refused: Annotated[str, Query(max_length=16)] = "",
+    ) -> Response:
         study = overview.study_detail(ctx.repo, ctx.jobs, study_instance_uid)
         if study is None:
             return render("missing.html", session, status=404, uid=study_instance_uid)
         objects = ctx.jobs.result_objects(study_instance_uid)
+        busy = any(j["state"] in (JobState.QUEUED, JobState.RUNNING) for j in study["jobs"])
         return render(
             "study.html",
             session,
@@ -246,7 +259,12 @@ def console_router(ctx: WebContext, auth: ConsoleAuth) -> APIRouter:
             objects=objects,
             heatmap=HEATMAP_SC,
             resent=resent,
+            reanalysis=reanalysis,
+            refused=REFUSALS.get(refused),
             can_send=ctx.deliver_now is not None,
+            can_reanalyse=ctx.reanalyse is not None
+            and study["status"] == StudyState.COMPLETE
+            and not busy,
             quote=quote,
         )
 
@@ -315,5 +333,23 @@ def console_router(ctx: WebContext, auth: ConsoleAuth) -> APIRouter:
             ctx.deliver_now()
         target = f"/studies/{quote(study, safe='')}?resent={n}" if study else f"/?resent={n}"
         return RedirectResponse(target, status_code=303)
+
+    @router.post("/actions/reanalyse")
+    def reanalyse(session: User, form: Form) -> Response:
+        """Analyse a complete study again (a new revision and job), logged with the user."""
+        checked(session, form)
+        study = form.get("study", "")
+        target = f"/studies/{quote(study, safe='')}"
+        if ctx.reanalyse is None:
+            raise HTTPException(status_code=503, detail="this node runs no pipeline")
+        try:
+            job_id, revision = ctx.reanalyse(study, session.user)
+        except UnknownStudyError:
+            return RedirectResponse(target, status_code=303)  # the page says it is unknown
+        except ReanalysisRefusedError as exc:
+            log.info("console: re-analysis by %s refused (%s)", session.user, exc.reason)
+            return RedirectResponse(f"{target}?refused={exc.reason}", status_code=303)
+        log.info("console: %s asked for job %d (revision %d)", session.user, job_id, revision)
+        return RedirectResponse(f"{target}?reanalysis={job_id}", status_code=303)
 
     return router

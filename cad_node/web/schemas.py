@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Shape(BaseModel):
@@ -82,6 +82,8 @@ class JobRow(_Shape):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    requested_by: str | None
+    """Who asked for this job by hand (a re-analysis); null for jobs of a completion."""
     deliveries: list[DeliveryRow]
 
 
@@ -112,3 +114,14 @@ class Summary(_Shape):
     jobs: dict[str, int]
     deliveries: dict[str, int]
     recent_errors: list[EventRow]
+
+
+class ReanalysisRequest(_Shape):
+    requested_by: str | None = Field(default=None, max_length=64)
+    """Who asks, for the audit log (the token names nobody); recorded as ``NAME (api)``."""
+
+
+class ReanalysisQueued(_Shape):
+    job_id: int
+    revision: int
+    requested_by: str

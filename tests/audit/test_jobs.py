@@ -13,6 +13,7 @@ from cad_node.audit.jobs import JobRepository, ResultObject
 from cad_node.audit.models import Study, utcnow
 from cad_node.audit.repository import AuditRepository, StoredFile
 from cad_node.domain import MAMMO_CAD_SR, JobState
+from cad_node.errors import ReanalysisRefusedError, UnknownStudyError
 
 UID = "1.2.826.0.1.3680043.8.498.1"
 
@@ -76,3 +77,37 @@ def test_a_revision_with_the_instances_of_the_last_report_makes_no_new_one(
     assert second["state"] == JobState.UNCHANGED and second["report_sop_instance_uid"] is None
     kinds = [e["kind"] for e in audit.recent_events(100)]
     assert "job.unchanged" in kinds
+
+
+def test_a_requested_reanalysis_runs_on_the_same_instances_and_names_who_asked(
+    repos: tuple[AuditRepository, JobRepository],
+) -> None:
+    audit, jobs = repos
+    with pytest.raises(UnknownStudyError):
+        jobs.request_reanalysis(UID, "ops")
+    paths = [_store(audit, "L", "CC"), _store(audit, "R", "CC")]
+    with pytest.raises(ReanalysisRefusedError) as receiving:
+        jobs.request_reanalysis(UID, "ops")  # its completion will analyse it
+    assert receiving.value.reason == "receiving"
+    job1, _ = jobs.create_job(UID, _complete(audit))
+    with pytest.raises(ReanalysisRefusedError) as busy:
+        jobs.request_reanalysis(UID, "ops")  # job 1 is still queued
+    assert busy.value.reason == "busy"
+    assert audit.show_study(UID)["revision"] == 1  # a refusal leaves no trace but its reason
+    start1 = jobs.start_job(job1, "w")
+    assert start1 is not None
+    sr = ResultObject(MAMMO_CAD_SR, "1.2.840.10008.5.1.4.1.1.88.50", "1.2.3.4", "job-1/sr.dcm")
+    jobs.finish_analysis(job1, attempt=1, result={}, model={}, objects=[sr], destinations=[])
+
+    job2, revision = jobs.request_reanalysis(UID, "ops")
+    assert revision == 2 and audit.show_study(UID)["revision"] == 2
+    start2 = jobs.start_job(job2, "w")  # not `unchanged`: it was asked for
+    assert start2 is not None and start2.instance_paths == paths
+    assert [p["sop_instance_uid"] for p in start2.predecessors] == ["1.2.3.4"]
+    [_, second] = jobs.jobs_of_study(UID)
+    assert (second["state"], second["requested_by"]) == (JobState.RUNNING, "ops")
+    [event] = audit.recent_events(10, kind="job.reanalysis_requested")
+    assert event["detail"] == f"job {job2} revision 2: the same instances analysed again, " + (
+        "requested by ops"
+    )
+    assert jobs.studies_without_job() == []

@@ -235,3 +235,150 @@ def test_the_shipped_models_marks_reach_orthanc_on_the_source_images(stack: Stac
         if item.get("ValueType") == "SCOORD" and item.GraphicType == "POINT"
     }
     assert points == {(sop, round(x, 1), round(y, 1)) for sop, x, y in marks}
+
+
+def _http(port: int, path: str, body: dict[str, Any] | None = None, token: str = "") -> Any:
+    """A real HTTP request to the node or a worker: (status, body as text)."""
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text = _http(port, "/metrics")
+    assert status == 200
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _compose_worker_healthcheck(port: int) -> int:
+    """docker/compose.yaml's worker healthcheck, run as Docker would."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import REPO_ROOT
+
+    compose = yaml.safe_load((REPO_ROOT / "docker" / "compose.yaml").read_text())
+    test = compose["services"]["worker"]["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "python"]
+    env = {**os.environ, "CAD_NODE_WORKER_METRICS_PORT": str(port)}
+    return subprocess.run([sys.executable, *test[2:]], env=env, capture_output=True).returncode
+
+
+def test_a_workers_metrics_count_its_jobs_and_a_rerun_via_the_api_reaches_orthanc(
+    stack: Stack,
+) -> None:
+    """The worker serves its own /metrics; a re-analysis asked for over the API runs on it,
+    and its SR reaches Orthanc naming the first SR as its predecessor."""
+    from services import free_port, wait_until
+
+    _require("redis-server")
+    redis = Redis(stack.tmp)
+    stack.start(redis)
+    token = "e2e-token"
+    stack.env.update(CAD_NODE_BROKER_URL=redis.url, CAD_NODE_HTTP_TOKEN=token)
+    # Only the worker sends (the node's outbox sweep would otherwise take some of the sends).
+    node_env = {**stack.env, "CAD_NODE_DELIVERY_SWEEP_SECONDS": "3600"}
+    stack.start(serve(stack.data_dir, node_env))
+    wait_listening(stack.node_port)
+    metrics_port = free_port()
+    worker_env = {**stack.env, "CAD_NODE_WORKER_METRICS_PORT": str(metrics_port)}
+    stack.start(worker(stack.data_dir, worker_env))
+    try:  # the pool process serves once it has started
+        before = wait_until(lambda: _scrape(metrics_port), 60, "worker metrics", interval=0.5)
+    except AssertionError:
+        raise AssertionError(f"no worker metrics\n{stack.logs()}") from None
+    assert all(name.startswith("cad_node_") for name, _ in before)
+    assert _compose_worker_healthcheck(metrics_port) == 0
+    assert _compose_worker_healthcheck(free_port()) != 0  # nothing listening
+    destination = f"{Orthanc.AE}@127.0.0.1:{stack.orthanc.dicom_port}"
+
+    def moved(samples: dict[Any, float], name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return samples.get(key, 0.0) - before.get(key, 0.0)
+
+    study_id, views = _push_four_views(stack)
+    uid = views[0].StudyInstanceUID
+    _check_results(stack, views, _results_in_orthanc(stack, study_id, 6))
+    after = _scrape(metrics_port)
+    assert moved(after, "cad_node_jobs_total", outcome="done") == 1
+    assert moved(after, "cad_node_jobs_total", outcome="failed") == 0
+    assert moved(after, "cad_node_analysis_duration_seconds_count") == 1
+    assert moved(after, "cad_node_analysis_duration_seconds_sum") > 0
+    assert moved(after, "cad_node_delivery_attempts_total", destination=destination) == 6
+    assert moved(after, "cad_node_delivery_failures_total", destination=destination) == 0
+
+    http_port = int(node_env["CAD_NODE_HTTP_PORT"])
+    path = f"/api/v1/studies/{uid}/reanalyse"
+    assert _http(http_port, path, {})[0] == 401  # the token is needed
+    status, text = _http(http_port, path, {"requested_by": "alice"}, token)
+    assert status == 202, text
+    queued = json.loads(text)
+    assert queued["revision"] == 2 and queued["requested_by"] == "alice (api)"
+
+    def both_done() -> list[dict[str, Any]] | None:
+        jobs = stack.jobs().jobs_of_study(uid)
+        return jobs if [j["state"] for j in jobs] == ["done", "done"] else None
+
+    results = _results_in_orthanc(stack, study_id, 12)
+    first, second = wait_for(both_done, timeout=60)
+    assert second["job_id"] == queued["job_id"] and second["requested_by"] == "alice (api)"
+    assert second["worker"] and second["revision"] == 2
+    new_sr = next(d for d in results if d.SOPInstanceUID == second["report_sop_instance_uid"])
+    predecessors = [
+        item.ReferencedSOPInstanceUID
+        for study in new_sr.PredecessorDocumentsSequence
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    ]
+    assert predecessors == [first["report_sop_instance_uid"]]
+    status, text = _http(http_port, f"/api/v1/studies/{uid}", token=token)
+    events = [e for e in json.loads(text)["events"] if e["kind"] == "job.reanalysis_requested"]
+    assert [e["detail"].endswith("requested by alice (api)") for e in events] == [True]
+
+    after = _scrape(metrics_port)
+    assert moved(after, "cad_node_jobs_total", outcome="done") == 2
+    assert moved(after, "cad_node_analysis_duration_seconds_count") == 2
+    assert moved(after, "cad_node_delivery_attempts_total", destination=destination) == 12
+
+    # `cad-node reanalyse` with a broker queues the job for the workers.
+    import subprocess
+
+    from services import CAD_NODE
+
+    cli = subprocess.run(
+        [CAD_NODE, "reanalyse", uid, "--by", "bob"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.strip() == "job 3 (revision 3) queued for the workers"
+    _results_in_orthanc(stack, study_id, 18)
+    third = wait_for(
+        lambda: [j for j in stack.jobs().jobs_of_study(uid) if j["state"] == "done"][2:],
+        timeout=60,
+    )
+    assert third[0]["requested_by"] == "bob (cli)" and third[0]["worker"]
+    after = _scrape(metrics_port)
+    assert moved(after, "cad_node_jobs_total", outcome="done") == 3
+    assert moved(after, "cad_node_analysis_duration_seconds_count") == 3

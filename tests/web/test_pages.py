@@ -132,6 +132,37 @@ def test_every_page_needs_a_login_and_actions_need_the_csrf_token(node_factory: 
     assert client.request("/")[0] == 303  # the cookie is gone
 
 
+def test_a_rerun_is_refused_while_the_study_receives_images(node_factory: Any) -> None:
+    """The console and the API refuse, with the reason, and nothing is recorded but that."""
+    node = node_factory(
+        pipeline=True, study_quiet_seconds=600, http_port=free_port(), http_token=TOKEN
+    )
+    views = four_views()
+    uid = views[0].StudyInstanceUID
+    assert store(node.scp.port, views[:1]) == [0]
+    client = Client(node.web.port)
+    assert client.request("/actions/reanalyse", {"csrf": "x", "study": uid})[0] == 303  # login
+    assert client.login() == 303
+    page = f"/studies/{urllib.parse.quote(uid, safe='')}"
+    assert 'action="/actions/reanalyse"' not in client.request(page)[2]  # no button meanwhile
+    assert client.request("/actions/reanalyse", {"csrf": "forged", "study": uid})[0] == 403
+    status, headers, _ = client.request("/actions/reanalyse", {"csrf": client.csrf(), "study": uid})
+    assert (status, headers["location"]) == (303, f"{page}?refused=receiving")
+    body = client.request(headers["location"])[2]
+    assert "Not re-analysed: the study is receiving images" in body
+    # the API says the same without a body, as `curl -X POST` sends it
+    request = urllib.request.Request(
+        f"{client.base}/api/v1/studies/{uid}/reanalyse", data=b"", method="POST"
+    )
+    request.add_header("Authorization", f"Bearer {TOKEN}")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 409
+    assert b"receiving images" in refused.value.read()
+    assert node.repo.show_study(uid)["revision"] == 0
+    assert JobRepository(node.engine).jobs_of_study(uid) == []
+
+
 def test_the_login_refuses_everyone_without_a_configured_secret(node_factory: Any) -> None:
     node = node_factory(http_port=free_port())
     client = Client(node.web.port)
@@ -242,6 +273,19 @@ def test_in_a_browser_log_in_see_the_heatmap_and_resend(node_factory: Any, tmp_p
         assert states == ["sent"] * 6
         assert "by ops" in driver.page_source  # the action in the study's event log
         _screenshot(driver, tmp_path, "study.png")
+
+        # Re-run the analysis: a second job, its objects at the PACS, who asked on the page.
+        driver.find_element(By.CSS_SELECTOR, "#reanalyse button").click()
+        wait_for(lambda: "Re-analysis queued as job 2." in driver.page_source, timeout=15)
+        wait_for(lambda: len(pacs.received) == 12, timeout=60)
+        wait_for(
+            lambda: [j["state"] for j in jobs.jobs_of_study(uid)] == ["done", "done"], timeout=30
+        )
+        driver.refresh()
+        assert "Re-analysis requested by <strong>ops</strong>" in driver.page_source
+        assert "revision 2: the same instances analysed again, requested by ops" in (
+            driver.page_source
+        )
         for path in ("/", "/studies", "/events"):
             driver.get(base + path)
             for text in PATIENT_DATA:
@@ -249,8 +293,8 @@ def test_in_a_browser_log_in_see_the_heatmap_and_resend(node_factory: Any, tmp_p
     finally:
         driver.quit()
         pacs.stop()
-    [after] = jobs.jobs_of_study(uid)
-    assert after["state"] == "done"
+    first, rerun = jobs.jobs_of_study(uid)
+    assert (first["state"], rerun["state"], rerun["requested_by"]) == ("done", "done", "ops")
 
 
 def test_config_hash_password_prints_a_hash_that_logs_in() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import urllib.error
@@ -271,3 +272,98 @@ def test_serve_says_clearly_when_the_http_port_is_taken(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "cannot listen for HTTP on 127.0.0.1:" in result.output
     assert "Traceback" not in result.output
+
+
+def post_json(port: int, path: str, body: Any, token: str | None = None) -> tuple[int, Any]:
+    """A real HTTP POST of a JSON body: status and the JSON answer."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="POST"
+    )
+    request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.slow
+def test_a_rerun_via_the_api_and_the_cli_sends_new_srs_that_name_the_previous_ones(
+    node_factory: Any, tmp_path: Path
+) -> None:
+    from pydicom import dcmread
+    from receiver import dataset_bytes
+
+    from cad_node.domain import MAMMO_CAD_SR
+
+    pacs = start_receiver("PACS")
+    model = str(tiny_model_folder(tmp_path / "model"))
+    destinations = [{"ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}]
+    try:
+        node = node_factory(
+            pipeline=True,
+            model=model,
+            destinations=destinations,
+            http_port=free_port(),
+            http_token=TOKEN,
+        )
+        port = node.web.port
+        views = four_views()
+        uid = views[0].StudyInstanceUID
+        path = f"/api/v1/studies/{uid}/reanalyse"
+        assert post_json(port, path, {})[0] == 401
+        assert post_json(port, "/api/v1/studies/1.2.3/reanalyse", {}, TOKEN)[0] == 404
+        assert store(node.scp.port, views) == [0, 0, 0, 0]
+        jobs = JobRepository(node.engine)
+
+        def done(n: int) -> list[dict[str, Any]]:
+            found = jobs.jobs_of_study(uid)
+            return found if len(found) == n and all(j["state"] == "done" for j in found) else []
+
+        wait_for(lambda: done(1), timeout=60)
+        assert post_json(port, path, {}, TOKEN) == (
+            202,
+            {"job_id": 2, "revision": 2, "requested_by": "api"},
+        )
+        wait_for(lambda: done(2), timeout=60)
+
+        env = {
+            "CAD_NODE_DATA_DIR": str(node.settings.data_dir),
+            "CAD_NODE_MODEL": model,
+            "CAD_NODE_DESTINATIONS": json.dumps(destinations),
+        }
+        result = CliRunner(env=env).invoke(main, ["reanalyse", uid, "--by", "carol"])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith("job 3 (revision 3): done; exam score ")
+        shown = CliRunner(env=env).invoke(main, ["audit", "show", uid]).output
+        assert "revision 3: done (attempts 1, worker " in shown
+        assert "; requested by carol (cli)" in shown
+        unknown = CliRunner(env=env).invoke(main, ["reanalyse", "1.2.3"])
+        assert unknown.exit_code == 1 and "unknown study 1.2.3" in unknown.output
+        all_jobs = done(3)
+    finally:
+        pacs.stop()
+
+    assert [j["requested_by"] for j in all_jobs] == [None, "api", "carol (cli)"]
+    assert len(pacs.received) == 3 * 6  # every job's objects, each once
+    for previous, job in itertools.pairwise(all_jobs):
+        sr_uid = job["report_sop_instance_uid"]
+        [sr_file] = (node.settings.outbox_dir / f"job-{job['job_id']}").glob(f"{MAMMO_CAD_SR}_*")
+        sr = dcmread(sr_file)
+        assert sr.SOPInstanceUID == sr_uid
+        # the PACS holds exactly this SR, and it names the previous job's SR
+        digest = hashlib.sha256(dataset_bytes(sr_file)).hexdigest()
+        assert pacs.digests[pacs.received.index(sr_uid)] == digest
+        predecessors = [
+            item.ReferencedSOPInstanceUID
+            for study in sr.PredecessorDocumentsSequence
+            for series in study.ReferencedSeriesSequence
+            for item in series.ReferencedSOPSequence
+        ]
+        assert predecessors == [previous["report_sop_instance_uid"]]
+    status, study = get_json(port, f"/api/v1/studies/{uid}", TOKEN)
+    asked = [e["detail"] for e in study["events"] if e["kind"] == "job.reanalysis_requested"]
+    assert status == 200
+    assert sorted(d.rsplit("requested by ", 1)[1] for d in asked) == ["api", "carol (cli)"]
