@@ -24,9 +24,9 @@ from pydicom.dataset import Dataset
 from cad_node.assembly import identify, patient_key
 from cad_node.audit.jobs import JobRepository
 from cad_node.domain import JobState
-from cad_node.inference.predict import DECISION_SUPPORT
 from cad_node.model_folder import model_warning
 from cad_node.node import Node
+from cad_node.results import DECISION_SUPPORT
 from cad_node.settings import Settings
 
 VIEW_ORDER = ("lcc", "lmlo", "rcc", "rmlo")
