@@ -30,8 +30,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cad_node.inference.model import CadModel, _cam_layer, load_cad_model
-from cad_node.inference.predict import ImageResult, StudyAnalysis, _detections_in_source
+from cad_node.inference.model import CadModel, find_cam_layer, load_cad_model
+from cad_node.inference.predict import findings_in_source
 from cad_node.inference.preprocess import (
     Preprocessed,
     heatmap_to_source,
@@ -39,6 +39,7 @@ from cad_node.inference.preprocess import (
     preprocess_dataset,
 )
 from cad_node.reporting import Algorithm, build_result_objects
+from cad_node.results import Finding, ImageResult, StudyAnalysis
 from cad_node.training.architectures import build_model
 
 DECODERS = ("pydicom", "pylibjpeg", "gdcm")
@@ -73,7 +74,7 @@ def gradcam_reference(size: int = 512) -> CadModel:
         "input": {"spacing_mm": 0.4, "size": [size, size]},
     }
     model = CadModel(module, manifest, torch.device("cpu"), Path("."))
-    model.cam_layer = _cam_layer(module, (size, size))
+    model.cam_layer = find_cam_layer(module, (size, size))
     return model
 
 
@@ -99,13 +100,13 @@ def to_source(
     model: CadModel,
     prepared: list[Preprocessed],
     out: tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray],
-) -> tuple[list[np.ndarray], list[list[dict[str, float]]]]:
+) -> tuple[list[np.ndarray], list[list[Finding]]]:
     """Heatmaps on each source grid, and the detections in source pixels."""
     _, prob, mask, maps = out
     heatmaps = [heatmap_to_source(maps[k], p.record) for k, p in enumerate(prepared)]
     if prob is None or mask is None:
         return heatmaps, [[] for _ in prepared]
-    found = [_detections_in_source(prob[k], mask[k], model, p) for k, p in enumerate(prepared)]
+    found = [findings_in_source(prob[k], mask[k], model, p) for k, p in enumerate(prepared)]
     return heatmaps, found
 
 
@@ -114,7 +115,7 @@ def objects_stage(
     datasets: list[Dataset],
     pixels: list[np.ndarray],
     heatmaps: list[np.ndarray],
-    found: list[list[dict[str, float]]],
+    found: list[list[Finding]],
 ) -> int:
     """The two SRs and the heatmap secondary captures the node would send."""
     from cad_node.assembly import identify

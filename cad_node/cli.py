@@ -397,8 +397,9 @@ def predict(
     from cad_node.assembly import patient_key
     from cad_node.errors import ModelError
     from cad_node.inference.model import load_cad_model
-    from cad_node.inference.predict import DECISION_SUPPORT, analyse_study
+    from cad_node.inference.predict import analyse_study
     from cad_node.model_folder import validation_warning
+    from cad_node.results import DECISION_SUPPORT
 
     settings = ctx.settings
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -431,7 +432,7 @@ def predict(
         if heatmap_dir is not None:
             from cad_node.reporting import Algorithm
             from cad_node.reporting.common import AnalysedImage
-            from cad_node.reporting.heatmap_sc import overlay_pixels
+            from cad_node.reporting.overlay import overlay_pixels
 
             folder = heatmap_dir / _safe_name(uid)
             folder.mkdir(parents=True, exist_ok=True)
@@ -478,9 +479,9 @@ def predict(
         if s.missing_views:
             click.echo(f"  missing views: {', '.join(s.missing_views)}")
         for item in s.not_analysed:
-            click.echo(f"  not analysed {item['sop_instance_uid']}: {item['reason']}")
-        for item in s.errors:
-            click.echo(f"  error {item['sop_instance_uid']}: {item['error']}")
+            click.echo(f"  not analysed {item.sop_instance_uid}: {item.reason}")
+        for failure in s.errors:
+            click.echo(f"  error {failure.sop_instance_uid}: {failure.error}")
     if heatmap_dir is not None:
         click.echo(f"\nheatmap overlays in {heatmap_dir}")
     if dicom_dir is not None:

@@ -24,9 +24,9 @@ from pydicom.dataset import Dataset
 from cad_node.assembly import identify, patient_key
 from cad_node.audit.jobs import JobRepository
 from cad_node.domain import JobState
-from cad_node.inference.predict import DECISION_SUPPORT
 from cad_node.model_folder import model_warning
 from cad_node.node import Node
+from cad_node.results import DECISION_SUPPORT
 from cad_node.settings import Settings
 
 VIEW_ORDER = ("lcc", "lmlo", "rcc", "rmlo")
@@ -87,11 +87,11 @@ def sample_exams() -> list[list[Dataset]]:
     return exams
 
 
-def send(port: int, datasets: list[Dataset], ae_title: str) -> list[int]:
+def send(port: int, datasets: list[Dataset], ae_title: str, *, timeout: float) -> list[int]:
     """C-STORE the datasets over one association, as a modality would."""
-    from pynetdicom import AE
+    from cad_node import dicom_net
 
-    ae = AE(ae_title="DEMO_MODALITY")
+    ae = dicom_net.requesting_ae("DEMO_MODALITY", timeout=timeout)
     for ds in datasets:
         ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
@@ -130,8 +130,9 @@ def run_demo(
         port = node.scp.port
         exams = sample_exams()
         echo(f"node {settings.ae_title} on port {port}; sending {len(exams)} CBIS-DDSM exams")
+        wait = settings.delivery_timeout_seconds
         for exam in exams:
-            statuses = send(port, exam, settings.ae_title)
+            statuses = send(port, exam, settings.ae_title, timeout=wait)
             echo(
                 f"  study {exam[0].StudyInstanceUID}: {len(exam)} images, "
                 f"statuses {sorted({f'0x{s:04X}' for s in statuses})}"

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cad_node.inference.model import CadModel, _cam_layer
+from cad_node.inference.model import CadModel, find_cam_layer
 from cad_node.training import architectures
 from cad_node.training.export import export_model_folder
 
@@ -44,7 +44,7 @@ def bright_spot_model(threshold: float = 0.5) -> CadModel:
         "input": {"spacing_mm": 0.8, "size": list(SIZE)},
     }
     model = CadModel(BrightSpotNet().eval(), manifest, torch.device("cpu"), Path("."))
-    model.cam_layer = _cam_layer(model.module, SIZE)
+    model.cam_layer = find_cam_layer(model.module, SIZE)
     return model
 
 

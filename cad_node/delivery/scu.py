@@ -10,9 +10,8 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE
 
-from cad_node import dicom_status, tls
+from cad_node import dicom_net, dicom_status
 from cad_node.errors import ConfigError
 from cad_node.settings import Destination
 
@@ -90,24 +89,17 @@ def send_files(
     contexts: dict[str, set[str]] = defaultdict(set)
     for _, _, ds in headers:
         contexts[str(ds.SOPClassUID)].add(str(ds.file_meta.TransferSyntaxUID))
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.connection_timeout = min(timeout, 10.0)
+    ae = dicom_net.requesting_ae(calling_ae, timeout=timeout)
     for sop_class, syntaxes in sorted(contexts.items()):
         ae.add_requested_context(sop_class, sorted(syntaxes))
-
-    context: tls.ClientContext | None = None
-    if destination.tls:
-        try:  # read for each send: a renewed certificate is used without a restart
-            context = tls.client_context(destination)
-        except ConfigError as exc:
-            return all_failed(f"TLS set-up failed: {exc}")
+    try:  # read for each send: a renewed certificate is used without a restart
+        tls_args = dicom_net.tls_arguments(destination)
+    except ConfigError as exc:
+        return all_failed(f"TLS set-up failed: {exc}")
+    context = None if tls_args is None else tls_args[0]
     try:
         assoc = ae.associate(
-            destination.host,
-            destination.port,
-            ae_title=destination.ae_title,
-            tls_args=None if context is None else (context, destination.host),
+            destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
         )
     except Exception as exc:  # DNS failures and the like
         return all_failed(f"cannot connect: {type(exc).__name__}")

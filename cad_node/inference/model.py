@@ -35,7 +35,7 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def _cam_layer(module: nn.Module, size: tuple[int, int]) -> str:
+def find_cam_layer(module: nn.Module, size: tuple[int, int]) -> str:
     """The last module (in execution order) with a spatial 4-D output: Grad-CAM's target.
 
     Found by one dry run, which also checks that the model gives one logit per image.
@@ -247,7 +247,7 @@ def load_cad_model(path: Path | None = None, device: str = "auto") -> CadModel:
             raise ModelError(f"{manifest['architecture']} does not output a lesion map")
         log.info("model %s %s on %s (lesion map)", model.name, model.version, target)
     else:
-        model.cam_layer = _cam_layer(module, model.preprocess_config.size)
+        model.cam_layer = find_cam_layer(module, model.preprocess_config.size)
         log.info(
             "model %s %s on %s (Grad-CAM layer %s)",
             model.name, model.version, target, model.cam_layer,

@@ -5,7 +5,8 @@ several images takes their mean), the exam from its breasts (the maximum). A les
 a breast combiner instead scores a breast from the mean logit of its views and the mean logit
 of the other breast's views, as it was trained to. A flag marks scores
 at or above the model's operating threshold. Images that cannot be analysed are named with the
-reason; one bad image never stops the rest of the study.
+reason; one bad image never stops the rest of the study. The results are plain values
+(:mod:`cad_node.results`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -30,97 +29,21 @@ from cad_node.inference.preprocess import (
     preprocess_dataset,
 )
 from cad_node.lesion_map import detections_from_map
+from cad_node.results import (
+    BreastResult,
+    Finding,
+    ImageFailure,
+    ImageResult,
+    NotAnalysed,
+    StudyAnalysis,
+)
 
 log = logging.getLogger(__name__)
 
-DECISION_SUPPORT = "Decision support for a radiologist, not a diagnosis."
 
-
-@dataclass
-class ImageResult:
-    """One analysed image."""
-
-    sop_instance_uid: str
-    view: str
-    score: float
-    suspicious: bool
-    display: npt.NDArray[np.float32] | None = field(default=None, repr=False)
-    """The source image as displayed (grey, [0, 1]), for overlays."""
-    heatmap: npt.NDArray[np.float32] | None = field(default=None, repr=False)
-    """Lesion map (or Grad-CAM) on the source pixel grid, [0, 1]."""
-    logit: float | None = None
-    """The model's image logit (lesion models), which the breast score combines."""
-    detections: list[dict[str, float]] = field(default_factory=list)
-    """Local maxima of the lesion map: centre ``x``, ``y`` and ``radius`` in source pixels,
-    ``score`` the map's probability there."""
-
-
-@dataclass
-class BreastResult:
-    """Scores of one breast."""
-
-    laterality: str
-    score: float
-    suspicious: bool
-    views: dict[str, float]
-
-
-@dataclass
-class StudyAnalysis:
-    """Everything the node reports about one study."""
-
-    study_instance_uid: str
-    images: list[ImageResult]
-    breasts: dict[str, BreastResult]
-    missing_views: list[str]
-    errors: list[dict[str, str]]
-    not_analysed: list[dict[str, str]]
-    localised: bool = False
-    """Whether the model localises (its images carry detections, possibly none)."""
-
-    @property
-    def exam_score(self) -> float | None:
-        """The highest breast score, or None when no breast could be analysed."""
-        return max((b.score for b in self.breasts.values()), default=None)
-
-    @property
-    def exam_suspicious(self) -> bool:
-        return any(b.suspicious for b in self.breasts.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON shape scripts depend on (see ``cad-node predict --json``)."""
-        return {
-            "study_instance_uid": self.study_instance_uid,
-            "exam_score": self.exam_score,
-            "exam_suspicious": self.exam_suspicious,
-            "localised": self.localised,
-            "breasts": {
-                lat: {
-                    "score": b.score,
-                    "suspicious": b.suspicious,
-                    "views": b.views,
-                }
-                for lat, b in sorted(self.breasts.items())
-            },
-            "images": [
-                {
-                    "sop_instance_uid": i.sop_instance_uid,
-                    "view": i.view,
-                    "score": i.score,
-                    "suspicious": i.suspicious,
-                    "detections": i.detections,
-                }
-                for i in self.images
-            ],
-            "missing_views": self.missing_views,
-            "not_analysed": self.not_analysed,
-            "errors": self.errors,
-        }
-
-
-def _detections_in_source(
+def findings_in_source(
     prob: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_], model: CadModel, pre: Preprocessed
-) -> list[dict[str, float]]:
+) -> list[Finding]:
     """The lesion map's local maxima at or above the model's detection threshold, mapped to
     source pixels (x = column)."""
     out = []
@@ -129,12 +52,12 @@ def _detections_in_source(
     for d in detections_from_map(prob, mask, min_score=floor, stride=model.map_stride):
         row, col = pre.record.model_to_source(d.row, d.col)
         out.append(
-            {
-                "x": round(col, 1),
-                "y": round(row, 1),
-                "radius": round(d.radius / scale, 1),
-                "score": round(d.score, 4),
-            }
+            Finding(
+                x=round(col, 1),
+                y=round(row, 1),
+                radius=round(d.radius / scale, 1),
+                score=round(d.score, 4),
+            )
         )
     return out
 
@@ -161,15 +84,15 @@ def analyse_study(
     """Score every analysable image of one study and aggregate per breast and exam."""
     config = model.preprocess_config
     prepared: list[tuple[str, str, npt.NDArray[np.float32], Preprocessed]] = []
-    errors: list[dict[str, str]] = []
-    not_analysed: list[dict[str, str]] = []
+    errors: list[ImageFailure] = []
+    not_analysed: list[NotAnalysed] = []
     for ds in datasets:
         sop_uid = str(ds.get("SOPInstanceUID", "?"))
         try:
             info = identify(ds)
             if not info.analysable or info.view is None:
                 reason = str(info.not_analysed_reason)
-                not_analysed.append({"sop_instance_uid": sop_uid, "reason": reason})
+                not_analysed.append(NotAnalysed(sop_uid, reason))
                 continue
             display = pixels_from_dataset(ds)
             pre = preprocess_dataset(ds, config, pixels=display)
@@ -178,7 +101,7 @@ def analyse_study(
             raise  # the machine's trouble, not the image's: the job is retried
         except Exception as exc:  # one bad image never stops the rest of the study
             problem = image_problem(exc)
-            errors.append({"sop_instance_uid": sop_uid, "error": problem})
+            errors.append(ImageFailure(sop_uid, problem))
             log.warning(
                 "image %s of study %s not analysed: %s", sop_uid, study_instance_uid, problem
             )
@@ -189,12 +112,12 @@ def analyse_study(
         chunk = prepared[start : start + batch_size]
         batch = np.stack([p.image for _, _, _, p in chunk]).astype(np.float32)
         logits: npt.NDArray[np.float32] | None = None
-        found: list[list[dict[str, float]]] = [[] for _ in chunk]
+        found: list[list[Finding]] = [[] for _ in chunk]
         maps: npt.NDArray[np.float32] | None = None
         if model.has_lesion_map:
             logits, prob, mask = model.lesion_maps(batch)
             found = [
-                _detections_in_source(prob[k], mask[k], model, pre)
+                findings_in_source(prob[k], mask[k], model, pre)
                 for k, (_, _, _, pre) in enumerate(chunk)
             ]
             if combiner is not None:
@@ -218,7 +141,7 @@ def analyse_study(
                     display=display if heatmaps else None,
                     heatmap=heatmap_to_source(maps[k], pre.record) if maps is not None else None,
                     logit=None if logits is None else float(logits[k]),
-                    detections=found[k],
+                    findings=found[k],
                 )
             )
 

@@ -1,4 +1,7 @@
-"""The storage SCP: pynetdicom AE setup and event wiring."""
+"""The storage SCP: its presentation contexts, listeners and event wiring.
+
+The AE itself, its timeouts, limits and TLS come from :mod:`cad_node.dicom_net`.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,10 @@ from typing import Any
 
 from pynetdicom import AE, _config, evt
 
-from cad_node import tls
+from cad_node import dicom_net
 from cad_node.ingest import handlers, receive_path
 from cad_node.ingest.handlers import IngestContext
-from cad_node.ingest.transport import ConnectionLimits, GuardedAE, Reporter
+from cad_node.ingest.transport import Reporter
 from cad_node.settings import Settings
 from cad_node.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION, decodable_transfer_syntaxes
 
@@ -19,29 +22,9 @@ log = logging.getLogger(__name__)
 
 
 def build_ae(settings: Settings, report: Reporter) -> AE:
-    """An AE that accepts Verification and the mammography storage SOP classes.
-
-    Its servers bound every PDU read and the connections per address (see ``transport``);
-    ``report`` records what they refuse.
-    """
-    limits = ConnectionLimits(
-        max_p_data=settings.max_pdu,
-        acse_timeout=settings.acse_timeout_seconds,
-        network_timeout=settings.network_timeout_seconds,
-        max_per_peer=settings.max_connections_per_peer,
-    )
-    ae = GuardedAE(settings.ae_title, limits, report)
-    ae.require_called_aet = True
-    if settings.allowed_calling_aes:
-        # The titles here; hosts they are pinned to are checked at EVT_REQUESTED (handlers).
-        ae.require_calling_aet = sorted({p.ae_title for p in settings.allowed_calling_aes})
-    ae.maximum_pdu_size = settings.max_pdu
-    ae.maximum_associations = settings.max_associations
-    # Generous defaults: a modality may pause between images; a dead peer is still dropped.
-    # A connection that sends no A-ASSOCIATE-RQ is closed after the ACSE timeout (ARTIM).
-    ae.acse_timeout = settings.acse_timeout_seconds
-    ae.dimse_timeout = settings.dimse_timeout_seconds
-    ae.network_timeout = settings.network_timeout_seconds
+    """The listening AE (:mod:`cad_node.dicom_net`) accepting Verification and the
+    mammography storage SOP classes."""
+    ae = dicom_net.listening_ae(settings, report)
     syntaxes = decodable_transfer_syntaxes()
     ae.add_supported_context(VERIFICATION)
     for sop_class in STORAGE_SOP_CLASSES:
@@ -55,7 +38,7 @@ class StorageSCP:
     def __init__(self, settings: Settings, ctx: IngestContext) -> None:
         self.settings = settings
         self.ctx = ctx
-        self.ssl_context = tls.server_context(settings)  # a bad file fails here, at start-up
+        self.listeners = dicom_net.listeners(settings)  # a bad TLS file fails here, at start-up
         self._servers: dict[str, Any] = {}
 
     def start(self) -> None:
@@ -75,17 +58,12 @@ class StorageSCP:
             (evt.EVT_ABORTED, handlers.handle_aborted, bound),
             (evt.EVT_CONN_CLOSE, handlers.handle_connection_closed, bound),
         ]
-        listeners: dict[str, tuple[int, Any]] = {}
-        if not self.settings.tls_only:
-            listeners["plain"] = (self.settings.port, None)
-        if self.ssl_context is not None:
-            listeners["tls"] = (self.settings.tls_port, self.ssl_context)
         try:
-            for name, (port, ssl_context) in listeners.items():
-                self._servers[name] = ae.start_server(
-                    (self.settings.host, port),
+            for listener in self.listeners:
+                self._servers[listener.name] = ae.start_server(
+                    listener.address,
                     block=False,
-                    ssl_context=ssl_context,
+                    ssl_context=listener.ssl_context,
                     evt_handlers=handlers_bound,
                 )
         except BaseException:

@@ -30,6 +30,7 @@ from cad_node.reporting import (
     DocumentRef,
     build_result_objects,
 )
+from cad_node.results import ImageFailure
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def _read_sources(
     spool: Path,
     paths: list[str],
     study_uid: str,
-    unreadable: list[dict[str, str]],
+    unreadable: list[ImageFailure],
     *,
     headers_only: bool = False,
 ) -> list[Dataset]:
@@ -66,7 +67,7 @@ def _read_sources(
                 read.append(ds)
                 continue
             problem = "stored file lacks its instance's UIDs (cut short?)"
-        unreadable.append({"sop_instance_uid": sop_uid, "error": problem})
+        unreadable.append(ImageFailure(sop_uid, problem))
         log.warning("image %s of study %s not analysed: %s", sop_uid, study_uid, problem)
     return read
 
@@ -86,7 +87,7 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
     try:
         model = ctx.model()
         spool = ctx.settings.spool_dir
-        unreadable: list[dict[str, str]] = []
+        unreadable: list[ImageFailure] = []
         sources = _read_sources(spool, start.instance_paths, uid, unreadable)
         # Instances the model cannot analyse (tomosynthesis can be gigabytes) are reported
         # from their headers alone.

@@ -27,11 +27,11 @@ from typing import NamedTuple
 from pydicom.dataset import Dataset
 
 from cad_node.domain import HEATMAP_SC, MAMMO_CAD_SR, TID1500_SR
-from cad_node.inference.predict import StudyAnalysis
 from cad_node.reporting.common import Algorithm, DocumentRef, ReportingError, match_sources
 from cad_node.reporting.heatmap_sc import build_heatmap_scs
 from cad_node.reporting.mammo_cad_sr import MammographyCadSR, build_mammo_cad_sr
 from cad_node.reporting.tid1500_sr import build_measurement_report_sr
+from cad_node.results import StudyAnalysis
 
 __all__ = [
     "HEATMAP_SC",

@@ -6,9 +6,8 @@ Pure helpers over header datasets; no pixel data is read here.
 from __future__ import annotations
 
 import logging
-import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any, Final
@@ -27,8 +26,8 @@ from pydicom.valuerep import DA, TM
 
 from cad_node.domain import STANDARD_VIEWS, Laterality, ViewPosition
 from cad_node.errors import ReportingError as ReportingError  # re-exported for callers
-from cad_node.inference.predict import DECISION_SUPPORT, ImageResult, StudyAnalysis
 from cad_node.reporting import codes
+from cad_node.results import DECISION_SUPPORT, Finding, ImageResult, StudyAnalysis
 
 if TYPE_CHECKING:
     from cad_node.inference.model import CadModel
@@ -279,52 +278,18 @@ def header(ds: Dataset) -> Dataset:
     return copy
 
 
-@dataclass(frozen=True)
-class Detection:
-    """One lesion detection on its source image.
+def graphic_centre(finding: Finding) -> tuple[float, float]:
+    """A finding's centre as DICOM Graphic Data ``(column, row)``: the top left pixel's centre
+    is (0.5, 0.5) (PS3.3 C.18.6.1.2), so half a pixel is added to the array indices."""
+    return finding.x + 0.5, finding.y + 0.5
 
-    ``x`` (column), ``y`` (row) and ``radius`` are in source pixels with pixel centres at
-    whole numbers (array indices), as the analysis gives them; ``score`` is in [0, 1].
-    """
 
-    x: float
-    y: float
-    radius: float
-    score: float
-
-    def __post_init__(self) -> None:
-        values = (self.x, self.y, self.radius, self.score)
-        if not all(math.isfinite(v) for v in values):
-            raise ReportingError(f"detection has a value that is not finite: {self!r}")
-        if self.radius <= 0.0:
-            raise ReportingError(f"detection radius {self.radius!r} is not positive")
-        if not 0.0 <= self.score <= 1.0:
-            raise ReportingError(f"detection score {self.score!r} is outside [0, 1]")
-
-    @classmethod
-    def from_dict(cls, value: Mapping[str, float]) -> Detection:
-        """From the analysis' ``{"x", "y", "radius", "score"}``."""
-        try:
-            return cls(
-                float(value["x"]),
-                float(value["y"]),
-                float(value["radius"]),
-                float(value["score"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ReportingError(f"malformed detection {value!r}: {exc}") from exc
-
-    @property
-    def centre(self) -> tuple[float, float]:
-        """The centre as DICOM Graphic Data ``(column, row)``: the top left pixel's centre is
-        (0.5, 0.5) (PS3.3 C.18.6.1.2), so half a pixel is added to the array indices."""
-        return self.x + 0.5, self.y + 0.5
-
-    def circumference(self, columns: int) -> tuple[float, float]:
-        """A point on the circle, ``radius`` to the right of the centre, or to the left
-        where the right one would leave the image."""
-        cx, cy = self.centre
-        return (cx + self.radius, cy) if cx + self.radius <= columns else (cx - self.radius, cy)
+def graphic_edge(finding: Finding, columns: int) -> tuple[float, float]:
+    """A point on a finding's circle in Graphic Data, ``radius`` to the right of the centre,
+    or to the left where the right one would leave the image."""
+    cx, cy = graphic_centre(finding)
+    r = finding.radius
+    return (cx + r, cy) if cx + r <= columns else (cx - r, cy)
 
 
 @dataclass(frozen=True)
@@ -335,18 +300,15 @@ class AnalysedImage:
     source: Dataset
 
     @cached_property
-    def detections(self) -> list[Detection]:
-        """The image's detections, validated, with centres kept on the image.
+    def findings(self) -> list[Finding]:
+        """The image's findings, with centres kept on the image.
 
         A centre off the image (a peak of the lesion map in the padding around the breast)
         is moved to the nearest edge pixel, so that the mark stays where a viewer shows it.
-
-        Raises:
-            ReportingError: a detection is malformed.
         """
         rows, columns = int(self.source.Rows), int(self.source.Columns)
         found = []
-        for d in (Detection.from_dict(v) for v in self.result.detections):
+        for d in self.result.findings:
             if not (-0.5 <= d.x <= columns - 0.5 and -0.5 <= d.y <= rows - 0.5):
                 x = min(max(d.x, 0.0), columns - 1.0)
                 y = min(max(d.y, 0.0), rows - 1.0)
@@ -359,7 +321,7 @@ class AnalysedImage:
                     columns,
                     rows,
                 )
-                d = Detection(x, y, d.radius, d.score)
+                d = Finding(x, y, d.radius, d.score)
             found.append(d)
         return found
 
@@ -394,11 +356,11 @@ class Inputs:
         return [i for i in self.images if i.laterality == laterality]
 
     def check_localisation(self, algorithm: Algorithm) -> None:
-        """Refuse detections from an algorithm that does not localise (they would be
+        """Refuse findings from an algorithm that does not localise (they would be
         reported beside "Summary of Detections: Not Attempted")."""
-        if not algorithm.localises and any(i.result.detections for i in self.images):
+        if not algorithm.localises and any(i.result.findings for i in self.images):
             raise ReportingError(
-                f"the analysis has detections but {algorithm.label} does not localise; "
+                f"the analysis has findings but {algorithm.label} does not localise; "
                 "build the Algorithm with localises=True"
             )
 
@@ -423,9 +385,9 @@ def match_sources(analysis: StudyAnalysis, sources: Sequence[Dataset]) -> Inputs
         images.append(AnalysedImage(result, by_uid[result.sop_instance_uid]))
     images.sort(key=lambda i: (_view_rank(i.result.view), i.result.sop_instance_uid))
     failed = [
-        by_uid[e["sop_instance_uid"]]
-        for e in sorted(analysis.errors, key=lambda e: e["sop_instance_uid"])
-        if e.get("sop_instance_uid") in by_uid
+        by_uid[e.sop_instance_uid]
+        for e in sorted(analysis.errors, key=lambda e: e.sop_instance_uid)
+        if e.sop_instance_uid in by_uid
     ]
     in_study = [
         d

@@ -2,113 +2,37 @@
 
 The Grad-CAM heatmap (or lesion map) is blended over the mammogram as displayed and labelled
 with the view, the score, the model and the not-for-diagnosis mark; a localising model's
-detections are drawn as circles with their scores. All of it is burned in (Burned In
-Annotation YES). Patient and study come from the study's reference source; the image itself
-names its source in Source Image Sequence, its side in Image Laterality and its view in
-the Derivation Description. Pixels keep the source's grid (downsized to at most 1024 rows),
-so the source's Patient Orientation is copied when it is valid and left empty otherwise.
+findings are drawn as circles with their scores (:mod:`cad_node.reporting.overlay`). All of
+it is burned in (Burned In Annotation YES). Patient and study come from the study's reference
+source; the image itself names its source in Source Image Sequence, its side in Image
+Laterality and its view in the Derivation Description. Pixels keep the source's grid
+(downsized to at most 1024 rows), so the source's Patient Orientation is copied when it is
+valid and left empty otherwise.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-import numpy as np
-import numpy.typing as npt
 from highdicom.sc import SCImage
 from highdicom.sr import CodedConcept
-from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from cad_node.inference.overlay import NOT_FOR_DIAGNOSIS, blend, label
-from cad_node.inference.predict import DECISION_SUPPORT
 from cad_node.reporting import codes
 from cad_node.reporting.common import (
     HEATMAP_SERIES,
     Algorithm,
     AnalysedImage,
-    Detection,
     Inputs,
-    ReportingError,
     fit_lo,
     patient_orientation,
-    score_text,
 )
-
-MAX_ROWS: Final = 1024
-MARK_COLOUR: Final = (255, 255, 0)
-MARK_STROKE: Final = (0, 0, 0)
-"""Detections are drawn like the burned-in label: yellow with a black edge, legible over
-both the grey mammogram and the colour heatmap."""
+from cad_node.reporting.overlay import NOT_FOR_DIAGNOSIS, overlay_pixels
+from cad_node.results import DECISION_SUPPORT
 
 _PLACEHOLDER_ORIENTATION: Final = ("A", "F")
 """highdicom requires an orientation for patient images; replaced by the source's or empty."""
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without scalable default font
-        return ImageFont.load_default()
-
-
-def draw_detections(
-    rgb: npt.NDArray[np.uint8], detections: list[Detection], scale: float
-) -> npt.NDArray[np.uint8]:
-    """Each detection as a circle with its score beside it, in the label's colours.
-
-    ``scale`` maps source pixels onto ``rgb`` (which may be downsized); centres are array
-    indices on both grids.
-    """
-    if not detections:
-        return rgb
-    canvas = Image.fromarray(rgb)
-    draw = ImageDraw.Draw(canvas)
-    size = max(12, rgb.shape[0] // 48)
-    font = _font(size)
-    width = max(1, rgb.shape[0] // 256)
-    for d in detections:
-        cx = (d.x + 0.5) * scale - 0.5
-        cy = (d.y + 0.5) * scale - 0.5
-        r = max(d.radius * scale, 2.0)
-        box = (cx - r, cy - r, cx + r, cy + r)
-        draw.ellipse(box, outline=MARK_STROKE, width=width + 2)
-        draw.ellipse(box, outline=MARK_COLOUR, width=width)
-        text = score_text(d.score)
-        x = cx + r * 0.71 + width
-        if x + draw.textlength(text, font=font) > rgb.shape[1]:  # no room on the right
-            x = cx - r * 0.71 - width - draw.textlength(text, font=font)
-        draw.text(
-            (x, max(cy - r * 0.71 - size, 0.0)),
-            text,
-            fill=MARK_COLOUR,
-            font=font,
-            stroke_width=2,
-            stroke_fill=MARK_STROKE,
-        )
-    return np.asarray(canvas)
-
-
-def overlay_pixels(image: AnalysedImage, algorithm: Algorithm) -> np.ndarray:
-    """The labelled RGB overlay of one analysed image, with its detections marked."""
-    result = image.result
-    if result.display is None or result.heatmap is None:
-        raise ReportingError(
-            f"image {result.sop_instance_uid} was analysed without heatmaps; "
-            "run the analysis with heatmaps=True"
-        )
-    verdict = "at/above threshold" if result.suspicious else "below threshold"
-    rgb = blend(result.display, result.heatmap, max_rows=MAX_ROWS)
-    if algorithm.localises:
-        rgb = draw_detections(rgb, image.detections, rgb.shape[0] / result.display.shape[0])
-    return label(
-        rgb,
-        [
-            f"{result.view}  score {score_text(result.score)} ({verdict})",
-            algorithm.label + (" - MODEL NOT VALIDATED" if algorithm.caveat else ""),
-        ],
-    )
 
 
 def build_heatmap_sc(

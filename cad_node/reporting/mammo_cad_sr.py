@@ -35,8 +35,8 @@ A.35.5-2 are used. The tree::
       CONTAINS TEXT Comment: decision support, not a diagnosis; views missing or not analysed
 
 Graphic Data is in the source image's pixels, column\\row, with the centre of the top left
-pixel at 0.5\\0.5 (PS3.3 C.18.6.1.2); detections come as array indices, so half a pixel is
-added (:attr:`Detection.centre`).
+pixel at 0.5\\0.5 (PS3.3 C.18.6.1.2); findings come as array indices, so half a pixel is
+added (:func:`~cad_node.reporting.common.graphic_centre`).
 """
 
 from __future__ import annotations
@@ -67,21 +67,22 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID, MammographyCADSRStorage
 
 from cad_node.domain import Laterality
-from cad_node.inference.predict import DECISION_SUPPORT
 from cad_node.reporting import codes
 from cad_node.reporting.common import (
     BREAST_NAME,
     MAMMOGRAPHY_CAD_SR_SERIES,
     Algorithm,
     AnalysedImage,
-    Detection,
     DocumentRef,
     Inputs,
+    graphic_centre,
+    graphic_edge,
     patient_orientation,
     score_text,
     score_value,
     sr_document_arguments,
 )
+from cad_node.results import DECISION_SUPPORT, Finding
 
 CONTAINS: Final = RelationshipTypeValues.CONTAINS
 HAS_PROPERTIES: Final = RelationshipTypeValues.HAS_PROPERTIES
@@ -175,10 +176,10 @@ def _library_entry(image: AnalysedImage) -> ContentItem:
     return _with(_image(ds, codes.SOURCE, CONTAINS), descriptors)
 
 
-def _geometry(image: AnalysedImage, detection: Detection) -> list[ContentItem]:
+def _geometry(image: AnalysedImage, detection: Finding) -> list[ContentItem]:
     """TID 4021: Center as a POINT and Outline as a CIRCLE, each SELECTED FROM its image."""
-    centre = detection.centre
-    edge = detection.circumference(int(image.source.Columns))
+    centre = graphic_centre(detection)
+    edge = graphic_edge(detection, int(image.source.Columns))
     shapes = (
         (codes.CENTER, GraphicTypeValues.POINT, [centre]),
         (codes.OUTLINE, GraphicTypeValues.CIRCLE, [centre, edge]),
@@ -202,7 +203,7 @@ def finding_required(breast_suspicious: bool) -> bool:
 
 
 def _finding(
-    image: AnalysedImage, detection: Detection, breast_suspicious: bool, algorithm: Algorithm
+    image: AnalysedImage, detection: Finding, breast_suspicious: bool, algorithm: Algorithm
 ) -> ContentItem:
     """TID 4006 Single Image Finding of one detection."""
     required = finding_required(breast_suspicious)
@@ -259,7 +260,7 @@ def _impression(inputs: Inputs, laterality: Laterality, algorithm: Algorithm) ->
     findings = [
         _finding(image, detection, breast.suspicious, algorithm)
         for image in inputs.breast_images(laterality)
-        for detection in (image.detections if algorithm.localises else [])
+        for detection in (image.findings if algorithm.localises else [])
     ]
     verdict = "at or above" if breast.suspicious else "below"
     marks = f" Localised findings: {len(findings)}." if algorithm.localises else ""

@@ -48,13 +48,15 @@ from cad_node.reporting.common import (
     MEASUREMENT_REPORT_SERIES,
     Algorithm,
     AnalysedImage,
-    Detection,
     DocumentRef,
     Inputs,
     ReportingError,
+    graphic_centre,
+    graphic_edge,
     score_value,
     sr_document_arguments,
 )
+from cad_node.results import Finding
 
 
 def _algorithm_id(algorithm: Algorithm) -> AlgorithmIdentification:
@@ -101,7 +103,7 @@ def _group(
 
 
 def _detection_group(
-    inputs: Inputs, image: AnalysedImage, n: int, detection: Detection, algorithm: Algorithm
+    inputs: Inputs, image: AnalysedImage, n: int, detection: Finding, algorithm: Algorithm
 ) -> PlanarROIMeasurementsAndQualitativeEvaluations:
     """TID 1410 Planar ROI group of one detection: its circle on the source image."""
     ds = image.source
@@ -117,7 +119,7 @@ def _detection_group(
     region = ImageRegion(
         graphic_type=GraphicTypeValues.CIRCLE,
         graphic_data=np.array(
-            [detection.centre, detection.circumference(int(ds.Columns))], dtype=np.float32
+            [graphic_centre(detection), graphic_edge(detection, int(ds.Columns))], dtype=np.float32
         ),
         source_image=SourceImageForRegion(ds.SOPClassUID, ds.SOPInstanceUID),
     )
@@ -150,7 +152,7 @@ def measurement_report(inputs: Inputs, algorithm: Algorithm) -> MeasurementRepor
     regions = [
         _detection_group(inputs, image, n, detection, algorithm)
         for image in inputs.images
-        for n, detection in enumerate(image.detections, start=1)
+        for n, detection in enumerate(image.findings, start=1)
     ]
     return MeasurementReport(
         observation_context=algorithm.observation_context(),

@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 
 from cad_node.cli import main
 from cad_node.errors import ModelError
-from cad_node.inference.model import _cam_layer, load_cad_model
+from cad_node.inference.model import find_cam_layer, load_cad_model
 from cad_node.inference.predict import analyse_study
 
 
@@ -41,7 +41,7 @@ def breast(
 
 
 def test_cam_layer_is_the_last_spatial_layer() -> None:
-    assert _cam_layer(BrightSpotNet(), SIZE) == "act"
+    assert find_cam_layer(BrightSpotNet(), SIZE) == "act"
 
 
 def test_gradcam_highlights_the_region_that_drives_the_output() -> None:
@@ -86,8 +86,8 @@ def test_study_scores_missing_views_and_bad_images() -> None:
     assert left.views["L-CC"] > left.views["L-MLO"]  # the spot drives the score
     assert result.exam_score == max(left.score, right.score)
     assert result.missing_views == ["R-MLO"]
-    assert [e["sop_instance_uid"] for e in result.errors] == [bad.SOPInstanceUID]
-    assert result.not_analysed[0]["reason"] == "not a mammogram (modality CR)"
+    assert [e.sop_instance_uid for e in result.errors] == [bad.SOPInstanceUID]
+    assert result.not_analysed[0].reason == "not a mammogram (modality CR)"
     same = analyse_study(uid, datasets, bright_spot_model(), heatmaps=False)
     assert same.to_dict() == result.to_dict()  # same input, same output
 
@@ -225,11 +225,11 @@ def test_lesion_model_detections_land_on_the_spot_and_breasts_use_each_other() -
     model = bright_spot_lesion_model()
     result = analyse_study(uid, datasets, model)
     by_view = {i.view: i for i in result.images}
-    [found] = by_view["L-CC"].detections
+    [found] = by_view["L-CC"].findings
     # the detection's centre (a 16-pixel cell at 0.4 mm = 32 source pixels) covers the spot
-    assert abs(found["y"] - spot[0]) <= 32 and abs(found["x"] - spot[1]) <= 32, found
-    assert found["score"] > 0.5
-    assert not by_view["R-CC"].detections and not by_view["L-MLO"].detections
+    assert abs(found.y - spot[0]) <= 32 and abs(found.x - spot[1]) <= 32, found
+    assert found.score > 0.5
+    assert not by_view["R-CC"].findings and not by_view["L-MLO"].findings
     heat = by_view["L-CC"].heatmap
     assert heat is not None and heat.shape == (400, 300)
     peak = np.unravel_index(np.argmax(heat), heat.shape)
@@ -240,4 +240,4 @@ def test_lesion_model_detections_land_on_the_spot_and_breasts_use_each_other() -
     assert result.breasts["L"].score == pytest.approx(expected)
     assert result.breasts["L"].score > result.breasts["R"].score
     payload = {i["view"]: i for i in result.to_dict()["images"]}
-    assert payload["L-CC"]["detections"] == [found]
+    assert payload["L-CC"]["detections"] == [found.to_dict()]

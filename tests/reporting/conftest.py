@@ -14,9 +14,9 @@ from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from cad_node.inference.predict import BreastResult, ImageResult, StudyAnalysis
 from cad_node.inference.preprocess import pixels_from_dataset
 from cad_node.reporting import Algorithm
+from cad_node.results import BreastResult, ImageResult, StudyAnalysis
 
 VIEWS = (("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO"))
 IMAGE_SCORES = {"L-CC": 0.8125, "L-MLO": 0.6875, "R-CC": 0.1250, "R-MLO": 0.1875}

@@ -15,9 +15,9 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from cad_node.inference.predict import StudyAnalysis
 from cad_node.reporting import ReportingError, build_result_objects
 from cad_node.reporting.common import Algorithm
+from cad_node.results import Finding, ImageFailure, StudyAnalysis
 
 PLAIN = Algorithm(name="bright-spot", version="1.2.3", threshold=0.5)
 LOCALISING = Algorithm(name="lesion-map", version="2.0.0", threshold=0.5, localises=True)
@@ -92,7 +92,7 @@ def _selected_from(scoord: Dataset) -> str:
 
 def _with_detections(analysis: StudyAnalysis) -> StudyAnalysis:
     for image in analysis.images:
-        image.detections = [dict(d) for d in DETECTIONS[image.view]]
+        image.findings = [Finding.from_dict(d) for d in DETECTIONS[image.view]]
     return analysis
 
 
@@ -322,7 +322,7 @@ def test_failed_images_make_detection_partially_succeeded(
 ) -> None:
     sources = make_sources()
     analysis = _with_detections(make_analysis(sources[:3]))
-    analysis.errors = [{"sop_instance_uid": sources[3].SOPInstanceUID, "error": "undecodable"}]
+    analysis.errors = [ImageFailure(sources[3].SOPInstanceUID, "undecodable")]
     sr = build_result_objects(analysis, sources, LOCALISING, heatmaps=False)[0].dataset
     [detections] = _named(sr, "Summary of Detections")
     assert detections.ConceptCodeSequence[0].CodeMeaning == "Partially Succeeded"
@@ -333,25 +333,20 @@ def test_failed_images_make_detection_partially_succeeded(
     assert len(_named(sr, "Single Image Finding")) == 3  # R-MLO failed: its mark is gone
 
 
-def test_inconsistent_detections_are_refused(
+def test_findings_of_an_algorithm_that_does_not_localise_are_refused(
     detected: StudyAnalysis, sources: list[Dataset]
 ) -> None:
+    # (malformed findings cannot reach reporting: tests/test_results.py)
     with pytest.raises(ReportingError, match="does not localise"):
         build_result_objects(detected, sources, PLAIN)
-    detected.images[0].detections = [{"x": 10.0, "y": 10.0, "score": 0.5}]
-    with pytest.raises(ReportingError, match="malformed detection"):
-        build_result_objects(detected, sources, LOCALISING)
-    detected.images[0].detections = [{"x": 10.0, "y": 10.0, "radius": 4.0, "score": 1.5}]
-    with pytest.raises(ReportingError, match="outside"):
-        build_result_objects(detected, sources, LOCALISING)
 
 
 def test_a_centre_off_the_image_is_moved_to_its_edge(
     detected: StudyAnalysis, sources: list[Dataset], caplog: pytest.LogCaptureFixture
 ) -> None:
-    detected.images[0].detections = [
-        {"x": 97.0, "y": 100.0, "radius": 4.0, "score": 0.5},  # 96 columns: off by 1.5
-        {"x": -0.25, "y": 100.0, "radius": 4.0, "score": 0.5},  # within the first pixel
+    detected.images[0].findings = [
+        Finding(x=97.0, y=100.0, radius=4.0, score=0.5),  # 96 columns: off by 1.5
+        Finding(x=-0.25, y=100.0, radius=4.0, score=0.5),  # within the first pixel
     ]
     sr = build_result_objects(detected, sources, LOCALISING, heatmaps=False)[0].dataset
     centres = [_points(p) for p in _named(sr, "Center")][:2]

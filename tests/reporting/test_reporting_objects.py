@@ -18,7 +18,6 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from cad_node.inference.predict import StudyAnalysis
 from cad_node.reporting import (
     HEATMAP_SC,
     MAMMO_CAD_SR,
@@ -28,6 +27,7 @@ from cad_node.reporting import (
     build_result_objects,
 )
 from cad_node.reporting.common import Algorithm
+from cad_node.results import ImageFailure, StudyAnalysis
 
 PRIVATE = "99CADNODE"
 ALGORITHM = Algorithm(name="bright-spot", version="1.2.3", threshold=0.5)
@@ -331,7 +331,7 @@ def test_partial_analysis_is_reported_as_such(
     sources = make_sources()
     analysis = make_analysis(sources[:3])  # R-MLO absent
     analysis.missing_views = ["R-MLO"]
-    analysis.errors = [{"sop_instance_uid": sources[3].SOPInstanceUID, "error": "undecodable"}]
+    analysis.errors = [ImageFailure(sources[3].SOPInstanceUID, "undecodable")]
     sr = build(analysis, sources, ALGORITHM, heatmaps=False)[0]
     [summary] = _named(sr, "CAD Processing and Findings Summary")
     assert summary.ConceptCodeSequence[0].CodeValue == "111244"  # not all succeeded; findings
@@ -353,7 +353,7 @@ def test_nothing_analysed_gives_a_valid_cad_sr(
         images=[],
         breasts={},
         missing_views=["L-CC", "L-MLO", "R-CC", "R-MLO"],
-        errors=[{"sop_instance_uid": s.SOPInstanceUID, "error": "bad"} for s in sources],
+        errors=[ImageFailure(s.SOPInstanceUID, "bad") for s in sources],
         not_analysed=[],
     )
     objects = build(analysis, sources, ALGORITHM)

@@ -13,9 +13,9 @@ from pydicom import config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from cad_node.inference.predict import StudyAnalysis
 from cad_node.reporting import build_result_objects
 from cad_node.reporting.common import Algorithm
+from cad_node.results import StudyAnalysis
 
 _UNPARSEABLE = {
     "PatientBirthDate": (0x00100030, "DA", "1907-11-23"),
