@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import signal
 import threading
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import click
-from pydicom.dataset import Dataset
 
-from cad_node import __version__, phi
-from cad_node.audit.repository import AuditRepository
+from cad_node import __version__
 from cad_node.errors import ConfigError
 from cad_node.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # pydicom and SQLAlchemy load when a command needs them, not for --help
+    from pydicom.dataset import Dataset
+
+    from cad_node.audit.repository import AuditRepository
 
 
 class Context:
@@ -38,7 +43,63 @@ class Context:
 pass_context = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyCommand(NamedTuple):
+    """Where a command imported on first use lives, and its line in ``--help``."""
+
+    module: str
+    attribute: str
+    short_help: str
+
+
+LAZY_COMMANDS = {
+    # torch, MONAI and scikit-learn: imported only when training or evaluating
+    "train": LazyCommand(
+        "cad_node.training.cli",
+        "train_command",
+        "Cross-validate architectures on the same patient folds; optionally export the best.",
+    ),
+    "evaluate": LazyCommand(
+        "cad_node.training.cli",
+        "evaluate_command",
+        "Evaluate a model folder on a labelled data set (AUC with a patient-bootstrap 95% CI).",
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports the commands of :data:`LAZY_COMMANDS` only when they are run
+    (or their own help is asked for); its ``--help`` lists them without importing them."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            lazy = LAZY_COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(lazy.module), lazy.attribute)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{lazy.module}.{lazy.attribute} is not a click command")
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        rows = []
+        for name in names:
+            lazy = None if name in self.commands else LAZY_COMMANDS.get(name)
+            command: click.Command | None
+            if lazy is not None:  # a stand-in that only carries the line, shortened as click does
+                command = click.Command(name, help=lazy.short_help)
+            else:
+                command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_file",
@@ -59,6 +120,8 @@ def main(ctx: click.Context, config_file: Path | None) -> None:
 
 
 def _setup_logging(level: str) -> None:
+    from cad_node import phi
+
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -162,6 +225,7 @@ def db_current(ctx: Context) -> None:
 
 def _repository(ctx: Context) -> AuditRepository:
     from cad_node.audit.db import current_revision, make_engine
+    from cad_node.audit.repository import AuditRepository
 
     url = ctx.settings.effective_database_url
     if current_revision(url) is None:
@@ -636,13 +700,3 @@ def demo(ctx: Context, quiet_seconds: float) -> None:
         except ModelError:
             analyse = False
     raise SystemExit(run_demo(settings, click.echo, analyse=analyse))
-
-
-def _register_training_commands() -> None:
-    from cad_node.training.cli import evaluate_command, train_command
-
-    main.add_command(train_command, "train")
-    main.add_command(evaluate_command, "evaluate")
-
-
-_register_training_commands()

@@ -17,9 +17,11 @@ from typing import Any
 from torch import nn
 
 from cad_node.errors import ModelError
+from cad_node.shipped import shipped_folder
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-"""The checkout's ``models/`` folder; ``models/DEFAULT`` names the default model's folder."""
+MODELS_DIR = shipped_folder("models")
+"""The checkout's ``models/`` (or the installed package's copy, with the default model only);
+``models/DEFAULT`` names the default model's folder."""
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 CARD = "MODEL_CARD.md"

@@ -1,12 +1,18 @@
+import importlib
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import click
 import pytest
 from certs import TlsFiles
 from click.testing import CliRunner
 
-from cad_node.cli import main
+import cad_node
+from cad_node.cli import LAZY_COMMANDS, main
 
 
 @pytest.fixture
@@ -18,9 +24,43 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 def test_help_lists_the_commands(runner: CliRunner) -> None:
     result = runner.invoke(main, ["--help"])
     assert result.exit_code == 0
-    for command in ("serve", "audit", "db", "config"):
-        assert command in result.output
+    for command in ("serve", "audit", "db", "config", "train", "evaluate"):
+        assert f"\n  {command} " in result.output
     assert "not a diagnosis" in result.output
+
+
+@pytest.mark.parametrize("args", [["--help"], ["db", "current"]])
+def test_commands_that_need_no_model_do_not_import_torch(tmp_path: Path, args: list[str]) -> None:
+    """torch, MONAI and scikit-learn take seconds to import; only training and analysis pay."""
+    code = (
+        "import sys\n"
+        "from cad_node.cli import main\n"
+        f"main({args!r}, standalone_mode=False)\n"
+        "print(sorted(m for m in ('torch', 'monai', 'sklearn', 'cad_node.training') "
+        "if m in sys.modules))\n"
+    )
+    checkout = str(Path(cad_node.__file__).resolve().parents[1])
+    env = {**os.environ, "CAD_NODE_DATA_DIR": str(tmp_path / "data")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [checkout, env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("name", sorted(LAZY_COMMANDS))
+def test_a_lazy_command_is_listed_with_its_own_help_line_and_runs(
+    runner: CliRunner, name: str
+) -> None:
+    lazy = LAZY_COMMANDS[name]
+    command = getattr(importlib.import_module(lazy.module), lazy.attribute)
+    assert command.get_short_help_str(1000) == lazy.short_help
+    stand_in = click.Command(name, help=lazy.short_help)
+    assert stand_in.get_short_help_str(40) == command.get_short_help_str(40)
+    result = runner.invoke(main, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert f"Usage: main {name} [OPTIONS]" in result.output and "--labels" in result.output
 
 
 def test_config_show_reflects_environment(

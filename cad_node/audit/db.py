@@ -10,9 +10,10 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 
 from cad_node.errors import ConfigError
+from cad_node.shipped import shipped_folder
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
-"""The repository's ``migrations/`` folder (the package is installed from the checkout)."""
+MIGRATIONS_DIR = shipped_folder("migrations")
+"""The Alembic scripts: the checkout's ``migrations/``, or the installed package's copy."""
 
 
 def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:

@@ -1,19 +1,23 @@
-"""``cad-node train`` and ``cad-node evaluate`` (registered in the main group by the lead)."""
+"""``cad-node train`` and ``cad-node evaluate`` (the main group imports them when they run)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
 from cad_node.errors import CadNodeError
 from cad_node.training import datasets as dsets
 from cad_node.training.architectures import ALL_ARCHITECTURES, ARCHITECTURES
+
+if TYPE_CHECKING:
+    from cad_node.training.train import TrainConfig
 
 log = logging.getLogger(__name__)
 Command = Callable[..., Any]
@@ -40,101 +44,97 @@ def _architectures(value: str) -> tuple[str, ...]:
     return names
 
 
-def _train(
-    labels: Path,
-    images_root: Path | None,
-    layout: str,
-    task: str,
-    architectures: str,
-    image_size: int | None,
-    epochs: int | None,
-    folds: int | None,
-    batch_size: int | None,
-    lr: float,
-    seed: int,
-    max_images: int | None,
-    fast: bool,
-    pretrained: Path | None,
-    lesions: Path | None,
-    patch_epochs: int | None,
-    n_boot: int | None,
-    head_epochs: int | None,
-    tail_stages: int,
-    bn_train: bool,
-    repeats: int,
-    feature_cache: Path,
-    lesion_head: str,
-    lesion_channel: str,
-    variants: int | None,
-    mirror_tta: bool,
-    heads: int,
-    threads: int | None,
-    out_dir: Path | None,
-    export_name: str | None,
-    export_architecture: str | None,
-    model_version: str,
-    models_dir: Path,
-    benchmark: bool,
-    no_progress: bool,
-    verbose: bool,
-) -> None:
+@dataclass(frozen=True)
+class TrainRun:
+    """What one ``cad-node train`` does: the training settings, the data and the outputs."""
+
+    config: TrainConfig
+    labels: Path
+    images_root: Path | None
+    layout: dsets.Layout
+    max_images: int | None
+    benchmark: bool = False
+    out_dir: Path | None = None
+    export_name: str | None = None
+    export_architecture: str | None = None
+    model_version: str = "0.1.0"
+    models_dir: Path = Path("models")
+    threads: int | None = None
+    verbose: bool = False
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> TrainRun:
+        """The run that the ``train`` command's options (by parameter name) ask for."""
+        from cad_node.training import train as T
+
+        settings: dict[str, Any] = {name: options[name] for name in _CONFIG_OPTIONS}
+        settings |= {
+            "architectures": _architectures(options["architectures"]),
+            "lesions_csv": options["lesions"],
+            "patch_epochs": options["patch_epochs"] or 0,
+            "progress": not options["no_progress"],
+        }
+        settings |= {k: options[k] for k in _DEFAULTED_OPTIONS if options[k] is not None}
+        config = T.fast_config(**settings) if options["fast"] else T.TrainConfig(**settings)
+        export_architecture = options["export_architecture"]
+        if export_architecture and export_architecture.removesuffix("+other") not in (
+            config.architectures
+        ):
+            raise click.UsageError(
+                f"--export-architecture {export_architecture} is not among --architectures; "
+                "only a cross-validated architecture can be exported"
+            )
+        max_images = options["max_images"]
+        return cls(
+            config=config,
+            labels=options["labels"],
+            images_root=options["images_root"],
+            layout=cast(dsets.Layout, options["layout"]),
+            max_images=16 if options["fast"] and max_images is None else max_images,
+            benchmark=options["benchmark"],
+            out_dir=options["out_dir"],
+            export_name=options["export_name"],
+            export_architecture=export_architecture,
+            model_version=options["model_version"],
+            models_dir=options["models_dir"],
+            threads=options["threads"],
+            verbose=options["verbose"],
+        )
+
+
+_CONFIG_OPTIONS = (
+    "task", "lr", "seed", "pretrained", "head_epochs", "tail_stages", "bn_train", "repeats",
+    "feature_cache", "lesion_head", "lesion_channel", "variants", "mirror_tta", "heads",
+)  # fmt: skip
+"""Options that are TrainConfig fields of the same name."""
+_DEFAULTED_OPTIONS = ("image_size", "epochs", "folds", "batch_size", "n_boot")
+"""TrainConfig fields whose option, when not given, leaves the (``--fast``) default."""
+
+
+def _train(**options: Any) -> None:
     """Cross-validate architectures on the same patient folds; optionally export the best.
 
     Writes comparison.csv/.md, roc.png, confusion_<arch>.png, oof_predictions.csv and
     summary.json to --out-dir. --fast is a smoke test (64 px, 1 epoch, 2 folds, tiny models).
     """
+    run_training(TrainRun.from_options(options))
+
+
+def run_training(run: TrainRun) -> None:
+    """Cross-validate (or only time, with ``benchmark``) and export as ``run`` says."""
     import torch
 
     from cad_node.training import train as T
 
-    _setup_logging(verbose)
-    if threads:
-        torch.set_num_threads(threads)
-    overrides: dict[str, Any] = {
-        "task": cast(dsets.Task, task),
-        "architectures": _architectures(architectures),
-        "lr": lr,
-        "seed": seed,
-        "pretrained": pretrained,
-        "lesions_csv": lesions,
-        "patch_epochs": patch_epochs or 0,
-        "progress": not no_progress,
-        "head_epochs": head_epochs,
-        "tail_stages": tail_stages,
-        "bn_train": bn_train,
-        "repeats": repeats,
-        "feature_cache": feature_cache,
-        "lesion_head": lesion_head,
-        "lesion_channel": lesion_channel,
-        "variants": variants,
-        "mirror_tta": mirror_tta,
-        "heads": heads,
-    }
-    for key, value in {
-        "image_size": image_size,
-        "epochs": epochs,
-        "folds": folds,
-        "batch_size": batch_size,
-        "n_boot": n_boot,
-    }.items():
-        if value is not None:
-            overrides[key] = value
-    if (
-        export_architecture
-        and export_architecture.removesuffix("+other") not in overrides["architectures"]
-    ):
-        raise click.UsageError(
-            f"--export-architecture {export_architecture} is not among --architectures; "
-            "only a cross-validated architecture can be exported"
-        )
-    cfg = T.fast_config(**overrides) if fast else T.TrainConfig(**overrides)
-    if fast and max_images is None:
-        max_images = 16
+    _setup_logging(run.verbose)
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    cfg = run.config
     try:
-        samples = dsets.load_samples(labels, images_root, cast(dsets.Layout, layout))
-        if max_images is not None and max_images < len(samples):
-            samples = dsets.subsample_by_patient(samples, max_images, cfg.task, seed)
-        if benchmark:
+        samples = dsets.load_samples(run.labels, run.images_root, run.layout)
+        if run.max_images is not None and run.max_images < len(samples):
+            samples = dsets.subsample_by_patient(samples, run.max_images, cfg.task, cfg.seed)
+        if run.benchmark:
             timings = T.time_epochs(samples, cfg)
             for arch, t in timings.items():
                 size = "lite0 input" if arch.startswith("lite0") else f"{cfg.image_size} px"
@@ -143,20 +143,21 @@ def _train(
                     f"{size}, {int(t['parameters']):,} parameters)"
                 )
             return
+        out_dir = run.out_dir
         if out_dir is None:
             stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             out_dir = Path("var") / "training" / f"{cfg.task}-{stamp}"
         comparison = T.run_comparison(samples, cfg, out_dir)
         click.echo(comparison.table, nl=False)
         click.echo(f"reports written to {out_dir}")
-        if export_name:
+        if run.export_name:
             folder = T.export_best(
                 comparison,
-                name=export_name,
-                version=model_version,
-                models_dir=models_dir,
-                labels_csv=labels,
-                architecture=export_architecture,
+                name=run.export_name,
+                version=run.model_version,
+                models_dir=run.models_dir,
+                labels_csv=run.labels,
+                architecture=run.export_architecture,
                 command=_command_line(),
             )
             click.echo(f"model folder written to {folder}")

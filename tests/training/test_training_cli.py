@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cad_node.model_folder import load_model_folder
-from cad_node.training.cli import evaluate_command, train_command
+from cad_node.training.cli import TrainRun, evaluate_command, train_command
 
 EVAL_KEYS = {
     "n", "auc", "auc_ci95", "accuracy", "sensitivity", "specificity", "precision", "f1",
@@ -111,6 +111,24 @@ def test_train_refuses_to_export_an_architecture_it_does_not_compare(
     )  # fmt: skip
     assert result.exit_code == 2
     assert "not among --architectures" in result.output
+
+
+def test_train_options_become_one_frozen_run(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text("refnum\n")
+    args = [
+        "--labels", str(labels), "--fast", "--epochs", "3", "--architectures", "light",
+        "--lesions", str(labels), "--no-progress", "--out-dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    run = TrainRun.from_options(train_command.make_context("train", [*args]).params)
+    assert (run.labels, run.max_images, run.out_dir) == (labels, 16, tmp_path / "out")
+    cfg = run.config
+    assert (cfg.fast, cfg.epochs, cfg.image_size, cfg.folds) == (True, 3, 64, 2)
+    assert (cfg.architectures, cfg.lesions_csv, cfg.progress) == (("light",), labels, False)
+    slow = TrainRun.from_options(train_command.make_context("train", args[:2]).params)
+    assert (slow.max_images, slow.config.image_size, slow.config.progress) == (None, 256, True)
+    with pytest.raises(AttributeError):
+        run.labels = tmp_path  # type: ignore[misc]
 
 
 def test_train_rejects_unknown_architecture(mias_subset_csv: Path) -> None:
