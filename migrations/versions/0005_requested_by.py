@@ -4,7 +4,7 @@ Who asked for a job by hand (a re-analysis from the console, the API or the CLI)
 runs even though its revision holds the same instances as the last analysed one; jobs the node
 creates itself when a study completes keep NULL.
 
-Revision ID: 0005_requested_by
+Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-02 02:30:00.000000
 """
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_requested_by"
+revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
