@@ -1,7 +1,7 @@
 """Jobs in the audit database: what each revision's job analyses."""
 
+from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from factories import mammogram
@@ -19,11 +19,11 @@ UID = "1.2.826.0.1.3680043.8.498.1"
 
 
 @pytest.fixture
-def repos(tmp_path: Path) -> tuple[AuditRepository, JobRepository]:
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    return AuditRepository(engine), JobRepository(engine)
+def repos(database_url: str) -> Iterator[tuple[AuditRepository, JobRepository]]:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    yield AuditRepository(engine), JobRepository(engine)
+    engine.dispose()
 
 
 def _store(repo: AuditRepository, lat: str, view: str) -> str:
