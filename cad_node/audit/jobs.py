@@ -82,6 +82,21 @@ class DueDelivery:
     """When the object was queued: retention counts from here."""
 
 
+def _locked_job(session: Session, job_id: int) -> Job | None:
+    """The job, read once this transaction holds it: other writers of the same job wait for
+    the commit, so two workers never act on one state (claim the same attempt, or each miss
+    the other's last delivery)."""
+    if session.get_bind().dialect.name == "sqlite":
+        # No row locks in SQLite: any write takes the database's lock, held until commit.
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(attempts=Job.attempts)
+            .execution_options(synchronize_session=False)
+        )
+    return session.get(Job, job_id, with_for_update=True)
+
+
 class JobRepository:
     """Thread-safe access to jobs and deliveries (one session per call)."""
 
@@ -247,7 +262,7 @@ class JobRepository:
     def start_job(self, job_id: int, worker: str) -> JobStart | None:
         """Claim a job for analysis; None when it is already past analysis (idempotence)."""
         with self._sessions.begin() as session:
-            job = session.get(Job, job_id)
+            job = _locked_job(session, job_id)
             if job is None or job.state not in (JobState.QUEUED, JobState.RUNNING):
                 return None
             previous = session.execute(
@@ -339,7 +354,7 @@ class JobRepository:
         """
         now = utcnow()
         with self._sessions.begin() as session:
-            job = session.get(Job, job_id)
+            job = _locked_job(session, job_id)
             if job is None:
                 raise KeyError(job_id)
             if job.state != JobState.RUNNING or job.attempts != attempt:
@@ -384,7 +399,7 @@ class JobRepository:
     def fail_job(self, job_id: int, error: str, *, terminal: bool) -> None:
         """Record a failed attempt: back to queued for a retry, or failed for good."""
         with self._sessions.begin() as session:
-            job = session.get(Job, job_id)
+            job = _locked_job(session, job_id)
             if job is None:
                 return
             job.error = error
@@ -464,8 +479,10 @@ class JobRepository:
         """
         now = utcnow()
         with self._sessions.begin() as session:
+            job_id = session.scalar(select(Delivery.job_id).where(Delivery.id == delivery_id))
+            job = None if job_id is None else _locked_job(session, job_id)
             row = session.get(Delivery, delivery_id)
-            if row is None:
+            if job is None or row is None:
                 return
             row.attempts += 1
             row.last_status = status
@@ -476,8 +493,6 @@ class JobRepository:
                 row.state, row.next_attempt_at = DeliveryState.FAILED, None
             else:
                 row.next_attempt_at = retry_at
-            job = session.get(Job, row.job_id)
-            assert job is not None
             status_text = "-" if status is None else f"0x{status:04X}"
             kind = (
                 "delivery.sent"
