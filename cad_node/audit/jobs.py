@@ -430,6 +430,9 @@ class JobRepository:
                 )
                 .order_by(Delivery.id)
                 .limit(limit)
+                # PostgreSQL: rows another sender is leasing are passed over, not waited for.
+                # SQLite ignores it; the conditional update below is the guard on both.
+                .with_for_update(skip_locked=True)
             )
             if job_id is not None:
                 query = query.where(Delivery.job_id == job_id)
