@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node import metrics
+from cad_node.audit.db import lock_rows
 from cad_node.audit.models import (
     REQUESTED_BY_LENGTH,
     Delivery,
@@ -86,15 +87,8 @@ def _locked_job(session: Session, job_id: int) -> Job | None:
     """The job, read once this transaction holds it: other writers of the same job wait for
     the commit, so two workers never act on one state (claim the same attempt, or each miss
     the other's last delivery)."""
-    if session.get_bind().dialect.name == "sqlite":
-        # No row locks in SQLite: any write takes the database's lock, held until commit.
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(attempts=Job.attempts)
-            .execution_options(synchronize_session=False)
-        )
-    return session.get(Job, job_id, with_for_update=True)
+    lock_rows(session, Job, Job.id == job_id)
+    return session.get(Job, job_id)
 
 
 class JobRepository:

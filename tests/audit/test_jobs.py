@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select, update
 from cad_node.assembly import identify
 from cad_node.audit.db import make_engine, upgrade
 from cad_node.audit.jobs import JobRepository, ResultObject, StaleJobError
-from cad_node.audit.models import Delivery, Study, utcnow
+from cad_node.audit.models import Delivery, Instance, Study, utcnow
 from cad_node.audit.repository import AuditRepository, StoredFile
 from cad_node.domain import MAMMO_CAD_SR, JobState
 from cad_node.errors import ReanalysisRefusedError, UnknownStudyError
@@ -254,3 +254,29 @@ def test_two_workers_starting_one_job_finish_it_once(engines: list[Engine]) -> N
         with jobs._sessions() as session:
             deliveries = session.scalars(select(Delivery).where(Delivery.job_id == job_id)).all()
         assert len(deliveries) == 1  # one attempt's object, once
+
+
+def test_an_image_stored_as_its_study_completes_is_in_a_revision_or_reopens_it(
+    engines: list[Engine],
+) -> None:
+    """A late image racing the completion either makes it into the completed revision (and
+    so into its job), or re-opens the study for the next one: it is never left out."""
+    ingest, assembler = (AuditRepository(e) for e in engines)
+    for n in range(ROUNDS):
+        uid = f"{UID}.{n}"
+        _store(ingest, "L", "CC", uid)
+        _race(
+            partial(_store, ingest, "R", "CC", uid),
+            partial(assembler.complete_due_studies, utcnow() + timedelta(seconds=10), 1),
+        )
+        study = ingest.show_study(uid)
+        assert study is not None
+        with ingest._sessions() as session:
+            left_out = session.scalars(
+                select(Instance.id).where(
+                    Instance.study_id
+                    == select(Study.id).where(Study.study_instance_uid == uid).scalar_subquery(),
+                    Instance.revision.is_(None),
+                )
+            ).all()
+        assert not left_out or study["status"] == "receiving", "an image was left out"
