@@ -120,7 +120,7 @@ def test_a_requested_reanalysis_runs_on_the_same_instances_and_names_who_asked(
 # Races between workers and nodes that share one database, each with its own engine (its own
 # connections). SQLite serialises every writer; PostgreSQL runs them side by side.
 
-ROUNDS = 25
+ROUNDS = 20
 
 T = TypeVar("T")
 
