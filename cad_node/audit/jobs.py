@@ -390,12 +390,16 @@ class JobRepository:
             )
             return JobState(job.state)
 
-    def fail_job(self, job_id: int, error: str, *, terminal: bool) -> None:
-        """Record a failed attempt: back to queued for a retry, or failed for good."""
+    def fail_job(self, job_id: int, error: str, *, attempt: int, terminal: bool) -> bool:
+        """Record a failed attempt: back to queued for a retry, or failed for good.
+
+        False, recording nothing, when ``attempt`` is no longer the job's current one: a stale
+        worker's failure must not re-queue or fail a job another attempt runs or finished.
+        """
         with self._sessions.begin() as session:
             job = _locked_job(session, job_id)
-            if job is None:
-                return
+            if job is None or job.state != JobState.RUNNING or job.attempts != attempt:
+                return False
             job.error = error
             job.state = JobState.FAILED if terminal else JobState.QUEUED
             if terminal:
@@ -409,6 +413,7 @@ class JobRepository:
                     level="error" if terminal else "warning",
                 )
             )
+            return True
 
     def claim_due(
         self, now: datetime, *, lease_seconds: float, job_id: int | None = None, limit: int = 64

@@ -117,6 +117,22 @@ def test_a_requested_reanalysis_runs_on_the_same_instances_and_names_who_asked(
     assert jobs.studies_without_job() == []
 
 
+def test_a_stale_attempts_failure_leaves_the_job_to_the_current_one(
+    repos: tuple[AuditRepository, JobRepository],
+) -> None:
+    audit, jobs = repos
+    _store(audit, "L", "CC")
+    job_id, _ = jobs.create_job(UID, _complete(audit))
+    first, second = jobs.start_job(job_id, "w1"), jobs.start_job(job_id, "w2")  # redelivered
+    assert first is not None and second is not None and second.attempt == 2
+    assert not jobs.fail_job(job_id, "w1 timed out", attempt=first.attempt, terminal=False)
+    [job] = jobs.jobs_of_study(UID)
+    assert job["state"] == JobState.RUNNING and job["attempts"] == 2
+    assert jobs.fail_job(job_id, "model error", attempt=second.attempt, terminal=True)
+    [job] = jobs.jobs_of_study(UID)
+    assert job["state"] == JobState.FAILED and job["error"] == "model error"
+
+
 # Races between workers and nodes that share one database, each with its own engine (its own
 # connections). SQLite serialises every writer; PostgreSQL runs them side by side.
 
