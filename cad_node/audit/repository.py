@@ -313,6 +313,7 @@ class AuditRepository:
 
     def _complete(self, study_id: int, cutoff: datetime, now: datetime) -> CompletedStudy | None:
         with self._sessions.begin() as session:
+            lock_rows(session, Study, Study.id == study_id)  # no instance lands meanwhile
             views = session.scalars(
                 select(Instance.view).where(
                     Instance.study_id == study_id, Instance.outcome == InstanceOutcome.STORED

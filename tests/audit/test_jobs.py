@@ -285,14 +285,16 @@ def test_an_image_stored_as_its_study_completes_is_in_a_revision_or_reopens_it(
             partial(_store, ingest, "R", "CC", uid),
             partial(assembler.complete_due_studies, utcnow() + timedelta(seconds=10), 1),
         )
-        study = ingest.show_study(uid)
-        assert study is not None
         with ingest._sessions() as session:
-            left_out = session.scalars(
-                select(Instance.id).where(
-                    Instance.study_id
-                    == select(Study.id).where(Study.study_instance_uid == uid).scalar_subquery(),
-                    Instance.revision.is_(None),
-                )
-            ).all()
-        assert not left_out or study["status"] == "receiving", "an image was left out"
+            study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
+            assert study is not None
+            revisions = dict(
+                session.execute(
+                    select(Instance.view, Instance.revision).where(Instance.study_id == study.id)
+                ).all()
+            )
+        left_out = [view for view, revision in revisions.items() if revision is None]
+        assert not left_out or study.state == "receiving", "an image was left out"
+        # The views recorded at completion are those of the instances it took.
+        taken = sorted(view for view, revision in revisions.items() if revision == 1)
+        assert study.revision == 1 and sorted(study.views) == taken
