@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from certs import TlsFiles, make_tls_files
 from peers import dcmtk_tool
+from postgres import PostgresCluster, server_bin
 
 from cad_node.node import Node
 from cad_node.settings import Settings
@@ -36,15 +37,57 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.chdir(tmp_path)
 
 
+def _missing_peer(message: str) -> NoReturn:
+    """A peer the tests need is not installed: a skip locally, a failure in CI."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_dcmtk(name: str) -> str:
     """The path of a dcmtk tool; missing is a skip locally but a failure in CI."""
     path = dcmtk_tool(name)
     if path is None:
-        message = f"dcmtk's {name} not installed (scripts/bootstrap --test installs it)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        _missing_peer(f"dcmtk's {name} not installed (scripts/bootstrap --test installs it)")
+    assert path is not None
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A throw-away PostgreSQL server for the session, started on first use."""
+    bindir = server_bin()
+    if bindir is None:
+        _missing_peer("PostgreSQL not installed (scripts/bootstrap --test installs it)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _missing_peer("psycopg not installed (scripts/bootstrap --test installs .[postgres])")
+    assert bindir is not None
+    cluster = PostgresCluster(bindir)
+    try:
+        cluster.start()
+    except Exception:
+        cluster.stop()
+        raise
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """An empty database of its own on the session's PostgreSQL server."""
+    url = postgres_cluster.create_database()
+    yield url
+    postgres_cluster.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty audit database, on each backend in turn: an SQLite file, then PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'audit.db'}"
+    return str(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture(scope="session")

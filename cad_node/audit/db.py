@@ -7,8 +7,10 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import ColumnElement, Engine, create_engine, event, select, update
+from sqlalchemy.orm import Session
 
+from cad_node.audit.models import Base
 from cad_node.errors import ConfigError
 from cad_node.shipped import shipped_folder
 
@@ -34,6 +36,25 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def lock_rows(session: Session, entity: type[Base], *where: ColumnElement[bool]) -> None:
+    """Make the session's transaction the only writer of the rows matching ``where`` until it
+    ends: another transaction doing the same waits, then reads what this one committed.
+
+    PostgreSQL locks the rows (``SELECT ... FOR UPDATE``). SQLite has no row locks, so a
+    no-op write takes the database's write lock instead (before any read of the transaction).
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        pk = entity.__mapper__.primary_key[0]
+        session.execute(
+            update(entity)
+            .where(*where)
+            .values({pk.key: pk})
+            .execution_options(synchronize_session=False)
+        )
+    else:
+        session.execute(select(entity.__mapper__.primary_key[0]).where(*where).with_for_update())
 
 
 def alembic_config(url: str) -> Config:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cad_node import metrics
+from cad_node.audit.db import lock_rows
 from cad_node.audit.models import (
     REQUESTED_BY_LENGTH,
     Delivery,
@@ -80,6 +81,14 @@ class DueDelivery:
     attempts: int
     created_at: datetime
     """When the object was queued: retention counts from here."""
+
+
+def _locked_job(session: Session, job_id: int) -> Job | None:
+    """The job, read once this transaction holds it: other writers of the same job wait for
+    the commit, so two workers never act on one state (claim the same attempt, or each miss
+    the other's last delivery)."""
+    lock_rows(session, Job, Job.id == job_id)
+    return session.get(Job, job_id)
 
 
 class JobRepository:
@@ -247,7 +256,7 @@ class JobRepository:
     def start_job(self, job_id: int, worker: str) -> JobStart | None:
         """Claim a job for analysis; None when it is already past analysis (idempotence)."""
         with self._sessions.begin() as session:
-            job = session.get(Job, job_id)
+            job = _locked_job(session, job_id)
             if job is None or job.state not in (JobState.QUEUED, JobState.RUNNING):
                 return None
             previous = session.execute(
@@ -339,7 +348,7 @@ class JobRepository:
         """
         now = utcnow()
         with self._sessions.begin() as session:
-            job = session.get(Job, job_id)
+            job = _locked_job(session, job_id)
             if job is None:
                 raise KeyError(job_id)
             if job.state != JobState.RUNNING or job.attempts != attempt:
@@ -381,12 +390,16 @@ class JobRepository:
             )
             return JobState(job.state)
 
-    def fail_job(self, job_id: int, error: str, *, terminal: bool) -> None:
-        """Record a failed attempt: back to queued for a retry, or failed for good."""
+    def fail_job(self, job_id: int, error: str, *, attempt: int, terminal: bool) -> bool:
+        """Record a failed attempt: back to queued for a retry, or failed for good.
+
+        False, recording nothing, when ``attempt`` is no longer the job's current one: a stale
+        worker's failure must not re-queue or fail a job another attempt runs or finished.
+        """
         with self._sessions.begin() as session:
-            job = session.get(Job, job_id)
-            if job is None:
-                return
+            job = _locked_job(session, job_id)
+            if job is None or job.state != JobState.RUNNING or job.attempts != attempt:
+                return False
             job.error = error
             job.state = JobState.FAILED if terminal else JobState.QUEUED
             if terminal:
@@ -400,6 +413,7 @@ class JobRepository:
                     level="error" if terminal else "warning",
                 )
             )
+            return True
 
     def claim_due(
         self, now: datetime, *, lease_seconds: float, job_id: int | None = None, limit: int = 64
@@ -415,6 +429,9 @@ class JobRepository:
                 )
                 .order_by(Delivery.id)
                 .limit(limit)
+                # PostgreSQL: rows another sender is leasing are passed over, not waited for.
+                # SQLite ignores it; the conditional update below is the guard on both.
+                .with_for_update(skip_locked=True)
             )
             if job_id is not None:
                 query = query.where(Delivery.job_id == job_id)
@@ -464,8 +481,10 @@ class JobRepository:
         """
         now = utcnow()
         with self._sessions.begin() as session:
+            job_id = session.scalar(select(Delivery.job_id).where(Delivery.id == delivery_id))
+            job = None if job_id is None else _locked_job(session, job_id)
             row = session.get(Delivery, delivery_id)
-            if row is None:
+            if job is None or row is None:
                 return
             row.attempts += 1
             row.last_status = status
@@ -476,8 +495,6 @@ class JobRepository:
                 row.state, row.next_attempt_at = DeliveryState.FAILED, None
             else:
                 row.next_attempt_at = retry_at
-            job = session.get(Job, row.job_id)
-            assert job is not None
             status_text = "-" if status is None else f"0x{status:04X}"
             kind = (
                 "delivery.sent"

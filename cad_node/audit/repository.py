@@ -19,6 +19,7 @@ from cad_node.assembly import (
     quiet_cutoff,
     views_present_and_missing,
 )
+from cad_node.audit.db import lock_rows
 from cad_node.audit.models import Event, Instance, Study, new_event, utcnow
 from cad_node.domain import InstanceOutcome, StudyState
 from cad_node.errors import PatientConflictError
@@ -212,6 +213,8 @@ class AuditRepository:
         self, session: Session, info: InstanceInfo, now: datetime
     ) -> tuple[Study, bool, bool]:
         study_uid = info.study_instance_uid
+        # A completion committing meanwhile is seen, and re-opened: not overwritten unseen.
+        lock_rows(session, Study, Study.study_instance_uid == study_uid)
         study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
         if study is None:
             study = Study(
@@ -310,6 +313,7 @@ class AuditRepository:
 
     def _complete(self, study_id: int, cutoff: datetime, now: datetime) -> CompletedStudy | None:
         with self._sessions.begin() as session:
+            lock_rows(session, Study, Study.id == study_id)  # no instance lands meanwhile
             views = session.scalars(
                 select(Instance.view).where(
                     Instance.study_id == study_id, Instance.outcome == InstanceOutcome.STORED

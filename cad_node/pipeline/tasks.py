@@ -72,6 +72,11 @@ def _read_sources(
     return read
 
 
+def _stale(job_id: int, attempt: int) -> None:
+    """A newer attempt owns the job: this one's results or failure are discarded."""
+    log.warning("job %d attempt %d went stale; its outcome is discarded", job_id, attempt)
+
+
 def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
     """Run inference on the job's study and write the result objects to the outbox.
 
@@ -147,13 +152,13 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
         )
         return state
     except StaleJobError:
-        log.warning(
-            "job %d attempt %d went stale; its results are discarded", job_id, start.attempt
-        )
+        _stale(job_id, start.attempt)
         return None
     except CadNodeError as exc:  # our messages never carry patient data
         terminal = not exc.retryable or start.attempt >= MAX_ANALYSIS_ATTEMPTS
-        ctx.jobs.fail_job(job_id, str(exc), terminal=terminal)
+        if not ctx.jobs.fail_job(job_id, str(exc), attempt=start.attempt, terminal=terminal):
+            _stale(job_id, start.attempt)
+            return None
         log.error("job %d (study %s) failed: %s", job_id, uid, exc)
         if not terminal:
             raise
@@ -166,7 +171,9 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
         invalid = phi.invalid_values(sources)
         if invalid:
             error += f"; invalid values in the study: {'; '.join(invalid)}"
-        ctx.jobs.fail_job(job_id, error, terminal=terminal)
+        if not ctx.jobs.fail_job(job_id, error, attempt=start.attempt, terminal=terminal):
+            _stale(job_id, start.attempt)
+            return None
         log.error("job %d (study %s) failed: %s", job_id, uid, error)
         log.debug("job %d traceback:\n%s", job_id, phi.traceback_text(exc))
         if not terminal:

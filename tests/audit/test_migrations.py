@@ -1,4 +1,4 @@
-from pathlib import Path
+"""Migrations on each backend: upgrade, `alembic check` against the models, downgrade."""
 
 from alembic import command
 from sqlalchemy import inspect
@@ -6,8 +6,8 @@ from sqlalchemy import inspect
 from cad_node.audit.db import alembic_config, current_revision, make_engine, upgrade
 
 
-def test_upgrade_creates_schema_and_models_match_migrations(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
+def test_upgrade_creates_schema_and_models_match_migrations(database_url: str) -> None:
+    url = database_url
     assert current_revision(url) is None
     upgrade(url)
     assert current_revision(url) is not None
@@ -17,8 +17,8 @@ def test_upgrade_creates_schema_and_models_match_migrations(tmp_path: Path) -> N
     command.check(alembic_config(url))
 
 
-def test_downgrade_to_base_and_up_again(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
+def test_downgrade_to_base_and_up_again(database_url: str) -> None:
+    url = database_url
     upgrade(url)
     command.downgrade(alembic_config(url), "base")
     assert "studies" not in inspect(make_engine(url)).get_table_names()

@@ -1,5 +1,5 @@
+from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from factories import mammogram
@@ -11,10 +11,11 @@ from cad_node.audit.repository import AuditRepository, DuplicateInstanceError, S
 
 
 @pytest.fixture
-def repo(tmp_path: Path) -> AuditRepository:
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
-    upgrade(url)
-    return AuditRepository(make_engine(url))
+def repo(database_url: str) -> Iterator[AuditRepository]:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    yield AuditRepository(engine)
+    engine.dispose()
 
 
 def _store(repo: AuditRepository, **kwargs: object) -> str:

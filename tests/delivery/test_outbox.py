@@ -26,10 +26,11 @@ FAST_RETRY = RetryPolicy(max_attempts=3, base_seconds=0.01, max_seconds=0.05)
 
 
 @pytest.fixture
-def jobs(tmp_path: Path) -> JobRepository:
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
-    upgrade(url)
-    return JobRepository(make_engine(url))
+def jobs(database_url: str) -> Iterator[JobRepository]:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    yield JobRepository(engine)
+    engine.dispose()
 
 
 def _job_with_objects(

@@ -53,9 +53,14 @@ class Stack:
     def data_dir(self) -> Path:
         return Path(self.env["CAD_NODE_DATA_DIR"])
 
+    @property
+    def database_url(self) -> str:
+        default = f"sqlite:///{self.data_dir / 'cad-node.db'}"
+        return self.env.get("CAD_NODE_DATABASE_URL", default)
+
     @cached_property
     def _jobs(self) -> JobRepository:
-        return JobRepository(make_engine(f"sqlite:///{self.data_dir / 'cad-node.db'}"))
+        return JobRepository(make_engine(self.database_url))
 
     def jobs(self) -> JobRepository:
         """The node's job records, read through one engine for the whole test."""
@@ -154,8 +159,12 @@ def _check_results(stack: Stack, views: list[Dataset], results: list[Dataset]) -
         assert sc.PatientID == views[0].PatientID and sc.BurnedInAnnotation == "YES"
 
 
-def test_orthanc_to_node_to_orthanc_with_redis_and_a_celery_worker(stack: Stack) -> None:
+def test_orthanc_to_node_to_orthanc_with_redis_and_a_celery_worker(
+    database_url: str, stack: Stack
+) -> None:
+    """On each audit database backend: the node and its worker share it."""
     _require("redis-server")
+    stack.env["CAD_NODE_DATABASE_URL"] = database_url
     redis = Redis(stack.tmp)
     stack.start(redis)
     stack.env["CAD_NODE_BROKER_URL"] = redis.url
