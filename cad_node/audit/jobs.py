@@ -30,11 +30,7 @@ from cad_node.domain import (
     JobState,
     StudyState,
 )
-from cad_node.errors import ReanalysisRefusedError, UnknownStudyError
-
-
-class StaleJobError(Exception):
-    """A worker tried to finish an attempt that is no longer the job's current one."""
+from cad_node.errors import ReanalysisRefusedError, StaleJobError, UnknownStudyError
 
 
 @dataclass(frozen=True)
@@ -96,7 +92,8 @@ class JobRepository:
         """The job for this study revision, created if new: ``(job_id, created)``.
 
         One job per (study, revision): a redelivered completion or a restart never creates a
-        second, independent job for the same content.
+        second, independent job for the same content. Raises :class:`UnknownStudyError` when
+        no such study is recorded.
         """
         try:
             with self._sessions.begin() as session:
@@ -104,7 +101,7 @@ class JobRepository:
                     select(Study.id).where(Study.study_instance_uid == study_instance_uid)
                 )
                 if study_id is None:
-                    raise KeyError(study_instance_uid)
+                    raise UnknownStudyError(f"unknown study {study_instance_uid}")
                 job = Job(
                     study_id=study_id,
                     study_instance_uid=study_instance_uid,

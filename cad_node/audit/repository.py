@@ -21,7 +21,7 @@ from cad_node.assembly import (
 )
 from cad_node.audit.models import Event, Instance, Study, new_event, utcnow
 from cad_node.domain import InstanceOutcome, StudyState
-from cad_node.errors import PatientConflictError
+from cad_node.errors import DuplicateInstanceError, PatientConflictError
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,6 @@ class CompletedStudy:
     revision: int
     views: list[str]
     missing_views: list[str]
-
-
-class DuplicateInstanceError(Exception):
-    """The SOP instance is already stored (raised inside the repository, handled by callers)."""
 
 
 def _patient_conflict(study: Study, patient: PatientIdentity) -> PatientConflictError | None:

@@ -21,10 +21,11 @@ from pynetdicom import evt
 from cad_node import dicom_status, metrics, phi
 from cad_node.assembly import identify
 from cad_node.atna import AuditTrail
-from cad_node.audit.repository import AuditRepository, DuplicateInstanceError
+from cad_node.audit.repository import AuditRepository
 from cad_node.domain import InstanceOutcome
 from cad_node.errors import (
     CadNodeError,
+    DuplicateInstanceError,
     MissingUidError,
     OutOfResourcesError,
     PatientConflictError,

@@ -13,7 +13,12 @@ from cad_node.audit.jobs import JobRepository, ResultObject
 from cad_node.audit.models import Study, utcnow
 from cad_node.audit.repository import AuditRepository, StoredFile
 from cad_node.domain import MAMMO_CAD_SR, JobState
-from cad_node.errors import ReanalysisRefusedError, UnknownStudyError
+from cad_node.errors import (
+    CadNodeError,
+    ReanalysisRefusedError,
+    StaleJobError,
+    UnknownStudyError,
+)
 
 UID = "1.2.826.0.1.3680043.8.498.1"
 
@@ -111,3 +116,31 @@ def test_a_requested_reanalysis_runs_on_the_same_instances_and_names_who_asked(
         "requested by ops"
     )
     assert jobs.studies_without_job() == []
+
+
+def test_a_job_of_an_unknown_study_is_refused_with_a_typed_error(
+    repos: tuple[AuditRepository, JobRepository],
+) -> None:
+    _, jobs = repos
+    with pytest.raises(UnknownStudyError) as refused:
+        jobs.create_job(UID, 1)
+    assert isinstance(refused.value, CadNodeError) and not refused.value.retryable
+
+
+def test_only_the_current_attempt_may_finish_a_job(
+    repos: tuple[AuditRepository, JobRepository],
+) -> None:
+    audit, jobs = repos
+    _store(audit, "L", "CC")
+    job, _ = jobs.create_job(UID, _complete(audit))
+    assert jobs.start_job(job, "first") is not None
+    assert jobs.start_job(job, "second") is not None  # redelivered: attempt 2 is current
+    sr = ResultObject(MAMMO_CAD_SR, "1.2.840.10008.5.1.4.1.1.88.50", "1.2.3.4", "job-1/sr.dcm")
+    with pytest.raises(StaleJobError) as stale:
+        jobs.finish_analysis(job, attempt=1, result={}, model={}, objects=[sr], destinations=[])
+    assert not stale.value.retryable
+    [recorded] = jobs.jobs_of_study(UID)
+    assert (recorded["state"], recorded["result"]) == (JobState.RUNNING, None)
+    jobs.finish_analysis(job, attempt=2, result={}, model={}, objects=[sr], destinations=[])
+    [recorded] = jobs.jobs_of_study(UID)
+    assert recorded["state"] == JobState.DONE
