@@ -28,6 +28,7 @@ from cad_node.domain import (
     DeliveryState,
     InstanceOutcome,
     JobState,
+    ResultObject,
     StudyState,
 )
 from cad_node.errors import ReanalysisRefusedError, StaleJobError, UnknownStudyError
@@ -49,19 +50,6 @@ class JobStart:
     predecessors: list[dict[str, str]]
     """The result objects of the study's latest earlier analysed job (for Predecessor
     Documents Sequence); empty for a first analysis."""
-
-
-@dataclass(frozen=True)
-class ResultObject:
-    """A result object written to the outbox."""
-
-    kind: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    path: str
-    """Relative to the outbox directory."""
-    study_instance_uid: str = ""
-    series_instance_uid: str = ""
 
 
 @dataclass(frozen=True)

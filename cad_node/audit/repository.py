@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,28 +19,8 @@ from cad_node.assembly import (
     views_present_and_missing,
 )
 from cad_node.audit.models import Event, Instance, Study, new_event, utcnow
-from cad_node.domain import InstanceOutcome, StudyState
+from cad_node.domain import CompletedStudy, InstanceOutcome, StoredFile, StudyState
 from cad_node.errors import DuplicateInstanceError, PatientConflictError
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    """Where and what an instance's bytes are on disk."""
-
-    path: str
-    bytes: int
-    sha256: str
-    transfer_syntax_uid: str
-
-
-@dataclass(frozen=True)
-class CompletedStudy:
-    """A study that just completed, as handed to the pipeline."""
-
-    study_instance_uid: str
-    revision: int
-    views: list[str]
-    missing_views: list[str]
 
 
 def _patient_conflict(study: Study, patient: PatientIdentity) -> PatientConflictError | None:

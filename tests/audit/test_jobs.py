@@ -9,10 +9,10 @@ from sqlalchemy import update
 
 from cad_node.assembly import identify
 from cad_node.audit.db import make_engine, upgrade
-from cad_node.audit.jobs import JobRepository, ResultObject
+from cad_node.audit.jobs import JobRepository
 from cad_node.audit.models import Study, utcnow
-from cad_node.audit.repository import AuditRepository, StoredFile
-from cad_node.domain import MAMMO_CAD_SR, JobState
+from cad_node.audit.repository import AuditRepository
+from cad_node.domain import MAMMO_CAD_SR, JobState, ResultObject, StoredFile
 from cad_node.errors import (
     CadNodeError,
     ReanalysisRefusedError,

@@ -7,7 +7,8 @@ from factories import mammogram
 from cad_node.assembly import identify
 from cad_node.audit.db import make_engine, upgrade
 from cad_node.audit.models import utcnow
-from cad_node.audit.repository import AuditRepository, StoredFile
+from cad_node.audit.repository import AuditRepository
+from cad_node.domain import StoredFile
 from cad_node.errors import DuplicateInstanceError
 
 

@@ -16,10 +16,10 @@ from services import free_port
 
 from cad_node.assembly import identify
 from cad_node.audit.db import make_engine, upgrade
-from cad_node.audit.jobs import JobRepository, ResultObject
-from cad_node.audit.repository import AuditRepository, StoredFile
+from cad_node.audit.jobs import JobRepository
+from cad_node.audit.repository import AuditRepository
 from cad_node.delivery.outbox import Outbox, RetryPolicy
-from cad_node.domain import JobState
+from cad_node.domain import JobState, ResultObject, StoredFile
 from cad_node.settings import Destination
 
 FAST_RETRY = RetryPolicy(max_attempts=3, base_seconds=0.01, max_seconds=0.05)

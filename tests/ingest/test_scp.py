@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,19 @@ def _complete(node: Node, uid: str, timeout: float = 5.0) -> dict[str, Any]:
         lambda: (s := node.repo.show_study(uid)) and s["status"] == "complete" and s,
         timeout=timeout,
     )
+
+
+def test_ingest_does_not_import_the_audit_package() -> None:
+    # Ingest records through the repository it is given; what it shares with audit lives in
+    # cad_node.domain and cad_node.errors. A fresh interpreter shows what importing it loads.
+    probe = (
+        "import sys, cad_node.ingest.scp\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('cad_node.audit', 'sqlalchemy'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.strip() == "[]"
 
 
 def test_node_leaves_the_process_temporary_folder_alone(node: Node) -> None:
