@@ -23,7 +23,8 @@ from pydicom.dataset import Dataset
 
 from cad_node.assembly import identify, patient_key
 from cad_node.audit.jobs import JobRepository
-from cad_node.domain import JobState
+from cad_node.audit.views import StudySummary
+from cad_node.domain import JobState, StudyState
 from cad_node.model_folder import model_warning
 from cad_node.node import Node
 from cad_node.results import DECISION_SUPPORT
@@ -201,11 +202,11 @@ def run_demo(
 def _assembly_only(node: Node, uids: list[str], echo: Callable[[str], None], timeout: float) -> int:
     echo(f"waiting for the quiet period ({node.settings.study_quiet_seconds:g} s)...")
     deadline = time.monotonic() + timeout
-    studies: dict[str, dict[str, Any]] = {}
+    studies: dict[str, StudySummary] = {}
     while len(studies) < len(uids) and time.monotonic() < deadline:
         for uid in uids:
             shown = node.repo.show_study(uid)
-            if shown and shown["status"] == "complete":
+            if shown and shown.state == StudyState.COMPLETE:
                 studies[uid] = shown
         time.sleep(0.2)
     for uid in uids:
@@ -214,8 +215,8 @@ def _assembly_only(node: Node, uids: list[str], echo: Callable[[str], None], tim
             echo(f"study {uid}: not complete within {timeout:g} s")
             return 1
         echo(
-            f"\nstudy {uid}: complete, views {', '.join(study['views'])}"
-            f"{'; missing ' + ', '.join(study['missing_views']) if study['missing_views'] else ''}"
+            f"\nstudy {uid}: complete, views {', '.join(study.views)}"
+            f"{'; missing ' + ', '.join(study.missing_views) if study.missing_views else ''}"
         )
     echo(
         "\nNo model is installed, so the studies were received, stored and assembled but not "

@@ -80,7 +80,7 @@ def test_a_revision_with_the_instances_of_the_last_report_makes_no_new_one(
     assert jobs.start_job(job2, "w") is None
     [_, second] = jobs.jobs_of_study(UID)
     assert second["state"] == JobState.UNCHANGED and second["report_sop_instance_uid"] is None
-    kinds = [e["kind"] for e in audit.recent_events(100)]
+    kinds = [e.kind for e in audit.recent_events(100)]
     assert "job.unchanged" in kinds
 
 
@@ -98,21 +98,21 @@ def test_a_requested_reanalysis_runs_on_the_same_instances_and_names_who_asked(
     with pytest.raises(ReanalysisRefusedError) as busy:
         jobs.request_reanalysis(UID, "ops")  # job 1 is still queued
     assert busy.value.reason == "busy"
-    assert audit.show_study(UID)["revision"] == 1  # a refusal leaves no trace but its reason
+    assert audit.show_study(UID).revision == 1  # a refusal leaves no trace but its reason
     start1 = jobs.start_job(job1, "w")
     assert start1 is not None
     sr = ResultObject(MAMMO_CAD_SR, "1.2.840.10008.5.1.4.1.1.88.50", "1.2.3.4", "job-1/sr.dcm")
     jobs.finish_analysis(job1, attempt=1, result={}, model={}, objects=[sr], destinations=[])
 
     job2, revision = jobs.request_reanalysis(UID, "ops")
-    assert revision == 2 and audit.show_study(UID)["revision"] == 2
+    assert revision == 2 and audit.show_study(UID).revision == 2
     start2 = jobs.start_job(job2, "w")  # not `unchanged`: it was asked for
     assert start2 is not None and start2.instance_paths == paths
     assert [p["sop_instance_uid"] for p in start2.predecessors] == ["1.2.3.4"]
     [_, second] = jobs.jobs_of_study(UID)
     assert (second["state"], second["requested_by"]) == (JobState.RUNNING, "ops")
     [event] = audit.recent_events(10, kind="job.reanalysis_requested")
-    assert event["detail"] == f"job {job2} revision 2: the same instances analysed again, " + (
+    assert event.detail == f"job {job2} revision 2: the same instances analysed again, " + (
         "requested by ops"
     )
     assert jobs.studies_without_job() == []

@@ -149,7 +149,7 @@ def test_destination_down_then_up_gets_everything_once(
 
 
 def _events(jobs: JobRepository, kind: str) -> list[dict[str, object]]:
-    return [e for e in AuditRepository(jobs.engine).recent_events(500) if e["kind"] == kind]
+    return [e for e in AuditRepository(jobs.engine).recent_events(500) if e.kind == kind]
 
 
 def test_past_the_attempt_budget_it_alerts_and_keeps_retrying_until_the_pacs_is_back(
@@ -176,7 +176,7 @@ def test_past_the_attempt_budget_it_alerts_and_keeps_retrying_until_the_pacs_is_
     assert all("calling AE title (ours) not recognised" in d["last_error"] for d in refused)
     assert job["state"] == JobState.DELIVERY_PENDING  # analysed; not "failed"
     overdue = _events(jobs, "delivery.overdue")
-    assert len(overdue) == 3 and {e["level"] for e in overdue} == {"error"}  # one per object
+    assert len(overdue) == 3 and {e.level for e in overdue} == {"error"}  # one per object
     assert jobs.counts()["jobs"] == {"delivery_pending": 1}
     # Once the PACS admin allows us, the next retry delivers: nobody has to step in.
     picky.stop()

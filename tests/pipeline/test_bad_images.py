@@ -118,7 +118,7 @@ def test_an_image_damaged_after_ingest_is_its_own_error(
     uid = views[0].StudyInstanceUID
     ingest = node_factory(pipeline=False)
     assert store(ingest.scp.port, views) == [0, 0, 0, 0]
-    wait_for(lambda: ingest.repo.show_study(uid)["status"] == "complete", timeout=10)
+    wait_for(lambda: ingest.repo.show_study(uid).state == "complete", timeout=10)
     ingest.stop()
     victim = views[1]
     damage(ingest.spool.path_of(f"{uid}/{victim.SOPInstanceUID}.dcm"))

@@ -94,7 +94,7 @@ def test_a_study_completed_without_a_job_gets_one_at_the_next_start(
     views = four_views()
     uid = views[0].StudyInstanceUID
     assert store(ingest_only.scp.port, views) == [0, 0, 0, 0]
-    wait_for(lambda: ingest_only.repo.show_study(uid)["status"] == "complete", timeout=10)
+    wait_for(lambda: ingest_only.repo.show_study(uid).state == "complete", timeout=10)
     assert JobRepository(ingest_only.engine).studies_without_job() == [(uid, 1)]
     ingest_only.stop()
 

@@ -105,7 +105,7 @@ def test_every_page_needs_a_login_and_actions_need_the_csrf_token(node_factory: 
     assert client.login(user="root") == 401
     assert not list(client.jar)
     events = node.repo.recent_events(10, kind="console.")
-    assert [e["kind"] for e in events] == ["console.login_failed"] * 2
+    assert [e.kind for e in events] == ["console.login_failed"] * 2
     assert all(TOKEN not in str(e) and "not-the-token" not in str(e) for e in events)
 
     assert client.login() == 303
@@ -127,7 +127,7 @@ def test_every_page_needs_a_login_and_actions_need_the_csrf_token(node_factory: 
     status, headers, _ = client.request("/actions/resend", {"csrf": client.csrf()})
     assert (status, headers["location"]) == (303, "/?resent=0")
     [requeued] = node.repo.recent_events(10, kind="delivery.requeued")
-    assert requeued["detail"] == "0 object(s) (all failed) by ops"
+    assert requeued.detail == "0 object(s) (all failed) by ops"
     assert client.request("/logout", {"csrf": client.csrf()})[0] == 303
     assert client.request("/")[0] == 303  # the cookie is gone
 
@@ -159,7 +159,7 @@ def test_a_rerun_is_refused_while_the_study_receives_images(node_factory: Any) -
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 409
     assert b"receiving images" in refused.value.read()
-    assert node.repo.show_study(uid)["revision"] == 0
+    assert node.repo.show_study(uid).revision == 0
     assert JobRepository(node.engine).jobs_of_study(uid) == []
 
 
