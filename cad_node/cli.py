@@ -295,18 +295,18 @@ def audit_show(ctx: Context, study_uid: str, as_json: bool) -> None:
         )
     click.echo(f"\njobs ({len(detail.jobs)}):")
     for job in detail.jobs:
-        result = job["result"] or {}
+        result = job.result or {}
         exam = result.get("exam_score")
         breasts = ", ".join(
             f"{lat} {b['score']:.3f}{' suspicious' if b['suspicious'] else ''}"
             for lat, b in sorted((result.get("breasts") or {}).items())
         )
         click.echo(
-            f"  job {job['job_id']} revision {job['revision']}: {job['state']}"
-            f" (attempts {job['attempts']}, worker {job['worker'] or '-'})"
-            + (f"; requested by {job['requested_by']}" if job["requested_by"] else "")
+            f"  job {job.job_id} revision {job.revision}: {job.state}"
+            f" (attempts {job.attempts}, worker {job.worker or '-'})"
+            + (f"; requested by {job.requested_by}" if job.requested_by else "")
             + (f"; exam {exam:.3f}; {breasts}" if exam is not None else "")
-            + (f"; error: {job['error']}" if job["error"] else "")
+            + (f"; error: {job.error}" if job.error else "")
         )
         if result.get("localised"):
             for image in result.get("images") or []:
@@ -315,11 +315,12 @@ def audit_show(ctx: Context, study_uid: str, as_json: bool) -> None:
                     for d in image.get("detections") or []
                 )
                 click.echo(f"    marks {image['view']:<6} {marks or 'none'}")
-        for d in job["deliveries"]:
+        for d in job.deliveries:
+            status = "-" if d.last_status is None else f"0x{d.last_status:04X}"
             click.echo(
-                f"    {d['kind']:<13} -> {d['destination']}: {d['state']}"
-                f" (attempts {d['attempts']}, last status {d['last_status'] or '-'})"
-                + (f" {d['last_error']}" if d["last_error"] and d["state"] != "sent" else "")
+                f"    {d.kind:<13} -> {d.destination}: {d.state}"
+                f" (attempts {d.attempts}, last status {status})"
+                + (f" {d.last_error}" if d.last_error and d.state != "sent" else "")
             )
     click.echo(f"\nevents ({len(detail.events)}):")
     for e in detail.events:
@@ -658,14 +659,14 @@ def reanalyse(ctx: Context, study_uid: str, who: str | None) -> None:
             return
         _setup_logging("WARNING")
         tasks.run_job(pipeline, job_id)
-        job = next(j for j in pipeline.jobs.jobs_of_study(study_uid) if j["job_id"] == job_id)
-        exam = (job["result"] or {}).get("exam_score")
+        job = next(j for j in pipeline.jobs.jobs_of_study(study_uid) if j.job_id == job_id)
+        exam = (job.result or {}).get("exam_score")
         click.echo(
-            f"job {job_id} (revision {revision}): {job['state']}"
+            f"job {job_id} (revision {revision}): {job.state}"
             + (f"; exam score {exam:.3f}" if exam is not None else "")
-            + (f"; error: {job['error']}" if job["error"] else "")
+            + (f"; error: {job.error}" if job.error else "")
         )
-        if job["state"] == "failed":
+        if job.state == "failed":
             raise SystemExit(1)
     finally:
         pipeline.close()

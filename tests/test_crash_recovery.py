@@ -147,14 +147,14 @@ def test_orphaned_result_files_are_removed_at_start(node_factory: Any, tmp_path:
     uid = views[0].StudyInstanceUID
     assert store(first.scp.port, views) == [dicom_status.SUCCESS] * 4
     [job] = wait_for(
-        lambda: [j for j in JobRepository(first.engine).jobs_of_study(uid) if j["state"] == "done"],
+        lambda: [j for j in JobRepository(first.engine).jobs_of_study(uid) if j.state == "done"],
         timeout=60,
     )
     first.stop()
     outbox = tmp_path / "data" / "outbox"
     recorded = sorted(outbox.rglob("*.dcm"))
     assert len(recorded) == 6
-    cut = [outbox / f"job-{job['job_id']}" / "heatmap-sc_1.2.3.dcm", outbox / "job-99" / "x.dcm"]
+    cut = [outbox / f"job-{job.job_id}" / "heatmap-sc_1.2.3.dcm", outbox / "job-99" / "x.dcm"]
     for path in cut:
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"written before the crash")

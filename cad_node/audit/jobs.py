@@ -23,6 +23,7 @@ from cad_node.audit.models import (
     new_event,
     utcnow,
 )
+from cad_node.audit.views import DeliveryRecord, JobRecord
 from cad_node.domain import (
     MAMMO_CAD_SR,
     DeliveryState,
@@ -586,7 +587,7 @@ class JobRepository:
                 int(job_id): [ResultObject(**o) for o in objects or []] for job_id, objects in rows
             }
 
-    def jobs_of_study(self, study_instance_uid: str) -> list[dict[str, Any]]:
+    def jobs_of_study(self, study_instance_uid: str) -> list[JobRecord]:
         """Jobs of a study with their deliveries, oldest first (for ``audit show``)."""
         with self._sessions() as session:
             jobs = session.scalars(
@@ -597,45 +598,7 @@ class JobRepository:
                 deliveries = session.scalars(
                     select(Delivery).where(Delivery.job_id == job.id).order_by(Delivery.id)
                 ).all()
-                out.append(
-                    {
-                        "job_id": job.id,
-                        "revision": job.revision,
-                        "state": job.state,
-                        "attempts": job.attempts,
-                        "worker": job.worker,
-                        "error": job.error,
-                        "model": {"name": job.model_name, "version": job.model_version},
-                        "result": job.result,
-                        "report_sop_instance_uid": next(
-                            (
-                                o["sop_instance_uid"]
-                                for o in job.objects or []
-                                if o["kind"] == MAMMO_CAD_SR
-                            ),
-                            None,
-                        ),
-                        "created_at": job.created_at.isoformat(),
-                        "started_at": job.started_at.isoformat() if job.started_at else None,
-                        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-                        "requested_by": job.requested_by,
-                        "deliveries": [
-                            {
-                                "destination": d.destination,
-                                "kind": d.kind,
-                                "sop_instance_uid": d.sop_instance_uid,
-                                "state": d.state,
-                                "attempts": d.attempts,
-                                "last_status": None
-                                if d.last_status is None
-                                else f"0x{d.last_status:04X}",
-                                "last_error": d.last_error,
-                                "sent_at": d.sent_at.isoformat() if d.sent_at else None,
-                            }
-                            for d in deliveries
-                        ],
-                    }
-                )
+                out.append(_job_record(job, deliveries))
             return out
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -659,3 +622,36 @@ class JobRepository:
                 .group_by(Delivery.destination, Delivery.state)
             ).all()
             return {(str(dest), str(state)): int(n) for dest, state, n in rows}
+
+
+def _job_record(job: Job, deliveries: Sequence[Delivery]) -> JobRecord:
+    report = next((o for o in job.objects or [] if o["kind"] == MAMMO_CAD_SR), None)
+    return JobRecord(
+        job_id=job.id,
+        revision=job.revision,
+        state=JobState(job.state),
+        attempts=job.attempts,
+        worker=job.worker,
+        error=job.error,
+        model_name=job.model_name,
+        model_version=job.model_version,
+        result=job.result,
+        report_sop_instance_uid=None if report is None else str(report["sop_instance_uid"]),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        requested_by=job.requested_by,
+        deliveries=[
+            DeliveryRecord(
+                destination=d.destination,
+                kind=d.kind,
+                sop_instance_uid=d.sop_instance_uid,
+                state=DeliveryState(d.state),
+                attempts=d.attempts,
+                last_status=d.last_status,
+                last_error=d.last_error,
+                sent_at=d.sent_at,
+            )
+            for d in deliveries
+        ],
+    )

@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cad_node.domain import InstanceOutcome, StudyState
+from cad_node.domain import DeliveryState, InstanceOutcome, JobState, StudyState
 
 
 def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at is not None else None
+
+
+def _status(status: int | None) -> str | None:
+    return f"0x{status:04X}" if status is not None else None
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class InstanceRecord:
             "series_instance_uid": self.series_instance_uid,
             "sop_class_uid": self.sop_class_uid,
             "outcome": self.outcome.value,
-            "status": f"0x{self.status:04X}",
+            "status": _status(self.status),
             "reason": self.reason,
             "view": self.view,
             "laterality": self.laterality,
@@ -117,6 +121,77 @@ class EventRecord:
 
 
 @dataclass(frozen=True)
+class DeliveryRecord:
+    """One result object for one destination, and how sending it went."""
+
+    destination: str
+    kind: str
+    sop_instance_uid: str
+    state: DeliveryState
+    attempts: int
+    last_status: int | None
+    """The DIMSE status of the last attempt; None when it got no answer (or none was made)."""
+    last_error: str | None
+    sent_at: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape; the status as ``0xA700``."""
+        return {
+            "destination": self.destination,
+            "kind": self.kind,
+            "sop_instance_uid": self.sop_instance_uid,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "last_status": _status(self.last_status),
+            "last_error": self.last_error,
+            "sent_at": _iso(self.sent_at),
+        }
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One analysis job of a study revision, with its result and deliveries."""
+
+    job_id: int
+    revision: int
+    state: JobState
+    attempts: int
+    worker: str | None
+    error: str | None
+    model_name: str | None
+    model_version: str | None
+    result: dict[str, Any] | None
+    """The analysis as ``cad-node predict --json`` prints one study."""
+    report_sop_instance_uid: str | None
+    """The job's Mammography CAD SR, once analysed."""
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    requested_by: str | None
+    """Who asked for this job by hand (a re-analysis); None for jobs of a completion."""
+    deliveries: list[DeliveryRecord]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape (the model as ``{"name", "version"}``)."""
+        return {
+            "job_id": self.job_id,
+            "revision": self.revision,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "worker": self.worker,
+            "error": self.error,
+            "model": {"name": self.model_name, "version": self.model_version},
+            "result": self.result,
+            "report_sop_instance_uid": self.report_sop_instance_uid,
+            "created_at": self.created_at.isoformat(),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "requested_by": self.requested_by,
+            "deliveries": [d.to_dict() for d in self.deliveries],
+        }
+
+
+@dataclass(frozen=True)
 class StudyDetail(StudySummary):
     """A study with every instance, its events, and its jobs with their deliveries.
 
@@ -125,15 +200,15 @@ class StudyDetail(StudySummary):
 
     instances: list[InstanceRecord] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
-    jobs: list[dict[str, Any]] = field(default_factory=list)
-    """As :meth:`JobRepository.jobs_of_study` reads them; filled in by ``overview``."""
+    jobs: list[JobRecord] = field(default_factory=list)
+    """Oldest first; filled in by ``overview.study_detail``."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of ``cad-node audit show --json`` and ``/api/v1/studies/{uid}``."""
         return super().to_dict() | {
             "instances": [i.to_dict() for i in self.instances],
             "events": [e.to_dict(of_study=True) for e in self.events],
-            "jobs": list(self.jobs),
+            "jobs": [j.to_dict() for j in self.jobs],
         }
 
 

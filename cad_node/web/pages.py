@@ -251,7 +251,7 @@ def console_router(ctx: WebContext, auth: ConsoleAuth) -> APIRouter:
         if study is None:
             return render("missing.html", session, status=404, uid=study_instance_uid)
         objects = ctx.jobs.result_objects(study_instance_uid)
-        busy = any(j["state"] in (JobState.QUEUED, JobState.RUNNING) for j in study.jobs)
+        busy = any(j.state in (JobState.QUEUED, JobState.RUNNING) for j in study.jobs)
         return render(
             "study.html",
             session,

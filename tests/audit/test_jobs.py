@@ -79,7 +79,7 @@ def test_a_revision_with_the_instances_of_the_last_report_makes_no_new_one(
 
     assert jobs.start_job(job2, "w") is None
     [_, second] = jobs.jobs_of_study(UID)
-    assert second["state"] == JobState.UNCHANGED and second["report_sop_instance_uid"] is None
+    assert second.state == JobState.UNCHANGED and second.report_sop_instance_uid is None
     kinds = [e.kind for e in audit.recent_events(100)]
     assert "job.unchanged" in kinds
 
@@ -110,7 +110,7 @@ def test_a_requested_reanalysis_runs_on_the_same_instances_and_names_who_asked(
     assert start2 is not None and start2.instance_paths == paths
     assert [p["sop_instance_uid"] for p in start2.predecessors] == ["1.2.3.4"]
     [_, second] = jobs.jobs_of_study(UID)
-    assert (second["state"], second["requested_by"]) == (JobState.RUNNING, "ops")
+    assert (second.state, second.requested_by) == (JobState.RUNNING, "ops")
     [event] = audit.recent_events(10, kind="job.reanalysis_requested")
     assert event.detail == f"job {job2} revision 2: the same instances analysed again, " + (
         "requested by ops"
@@ -140,7 +140,7 @@ def test_only_the_current_attempt_may_finish_a_job(
         jobs.finish_analysis(job, attempt=1, result={}, model={}, objects=[sr], destinations=[])
     assert not stale.value.retryable
     [recorded] = jobs.jobs_of_study(UID)
-    assert (recorded["state"], recorded["result"]) == (JobState.RUNNING, None)
+    assert (recorded.state, recorded.result) == (JobState.RUNNING, None)
     jobs.finish_analysis(job, attempt=2, result={}, model={}, objects=[sr], destinations=[])
     [recorded] = jobs.jobs_of_study(UID)
-    assert recorded["state"] == JobState.DONE
+    assert recorded.state == JobState.DONE

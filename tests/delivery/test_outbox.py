@@ -71,8 +71,8 @@ def _job_with_objects(
 
 
 def _job_state(jobs: JobRepository, job_id: int) -> str:
-    [job] = [j for j in jobs.jobs_of_study(_study_of(jobs, job_id)) if j["job_id"] == job_id]
-    return str(job["state"])
+    [job] = [j for j in jobs.jobs_of_study(_study_of(jobs, job_id)) if j.job_id == job_id]
+    return str(job.state)
 
 
 def _study_of(jobs: JobRepository, job_id: int) -> str:
@@ -122,8 +122,8 @@ def test_an_unreadable_outbox_file_fails_alone(
     assert (summary.sent, summary.retrying) == (2, 1)
     assert sorted(receiver.received) == sorted([uids[0], uids[2]])
     job = jobs.jobs_of_study(_study_of(jobs, job_id))[0]
-    [waiting] = [d for d in job["deliveries"] if d["state"] != "sent"]
-    assert "unreadable" in waiting["last_error"]
+    [waiting] = [d for d in job.deliveries if d.state != "sent"]
+    assert waiting.last_error is not None and "unreadable" in waiting.last_error
 
 
 def test_destination_down_then_up_gets_everything_once(
@@ -145,7 +145,7 @@ def test_destination_down_then_up_gets_everything_once(
     assert sorted(receiver.received) == sorted(uids)
     assert _job_state(jobs, job_id) == JobState.DONE
     job = jobs.jobs_of_study(_study_of(jobs, job_id))[0]
-    assert all(d["attempts"] == 2 and d["state"] == "sent" for d in job["deliveries"])
+    assert all(d.attempts == 2 and d.state == "sent" for d in job.deliveries)
 
 
 def _events(jobs: JobRepository, kind: str) -> list[dict[str, object]]:
@@ -170,11 +170,11 @@ def test_past_the_attempt_budget_it_alerts_and_keeps_retrying_until_the_pacs_is_
         time.sleep(0.06)
     assert sorted(good.received) == sorted(uids) and picky.received == []
     job = jobs.jobs_of_study(_study_of(jobs, job_id))[0]
-    refused = [d for d in job["deliveries"] if d["destination"].startswith("PICKY")]
-    assert {d["state"] for d in refused} == {"pending"}
-    assert all(d["attempts"] > FAST_RETRY.max_attempts for d in refused)
-    assert all("calling AE title (ours) not recognised" in d["last_error"] for d in refused)
-    assert job["state"] == JobState.DELIVERY_PENDING  # analysed; not "failed"
+    refused = [d for d in job.deliveries if d.destination.startswith("PICKY")]
+    assert {d.state for d in refused} == {"pending"}
+    assert all(d.attempts > FAST_RETRY.max_attempts for d in refused)
+    assert all("calling AE title (ours) not recognised" in d.last_error for d in refused)
+    assert job.state == JobState.DELIVERY_PENDING  # analysed; not "failed"
     overdue = _events(jobs, "delivery.overdue")
     assert len(overdue) == 3 and {e.level for e in overdue} == {"error"}  # one per object
     assert jobs.counts()["jobs"] == {"delivery_pending": 1}

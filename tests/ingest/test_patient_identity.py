@@ -22,6 +22,7 @@ from sqlalchemy import update
 from cad_node import dicom_status
 from cad_node.audit.jobs import JobRepository
 from cad_node.audit.models import Study
+from cad_node.audit.views import EventRecord
 from cad_node.node import Node
 
 _TAGS = {"StudyInstanceUID": 0x0020000D, "SeriesInstanceUID": 0x0020000E}
@@ -34,7 +35,7 @@ def _patient(ds: Dataset, patient_id: str, issuer: str | None = None) -> Dataset
     return ds
 
 
-def _rejections(node: Node) -> list[dict[str, Any]]:
+def _rejections(node: Node) -> list[EventRecord]:
     return [e for e in node.repo.recent_events(limit=500) if e.kind == "instance.rejected"]
 
 
@@ -147,8 +148,8 @@ def test_study_with_instances_of_two_patients_is_never_analysed(
     )
     jobs = JobRepository(node.engine)
     [job] = wait_for(
-        lambda: [j for j in jobs.jobs_of_study(uid) if j["state"] == "failed"], timeout=60
+        lambda: [j for j in jobs.jobs_of_study(uid) if j.state == "failed"], timeout=60
     )
-    assert "more than one patient (PatientID differs between them)" in job["error"]
-    assert job["result"] is None and job["deliveries"] == []
+    assert "more than one patient (PatientID differs between them)" in job.error
+    assert job.result is None and job.deliveries == []
     assert not list(node.settings.outbox_dir.rglob("*.dcm"))

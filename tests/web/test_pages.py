@@ -220,9 +220,9 @@ def test_in_a_browser_log_in_see_the_heatmap_and_resend(node_factory: Any, tmp_p
     assert store(node.scp.port, views) == [0, 0, 0, 0]
     jobs = JobRepository(node.engine)
     [job] = wait_for(
-        lambda: [j for j in jobs.jobs_of_study(uid) if j["state"] == "failed"], timeout=90
+        lambda: [j for j in jobs.jobs_of_study(uid) if j.state == "failed"], timeout=90
     )
-    assert {d["state"] for d in job["deliveries"]} == {"failed"} and len(job["deliveries"]) == 6
+    assert {d.state for d in job.deliveries} == {"failed"} and len(job.deliveries) == 6
     pacs = start_receiver("PACS", port=pacs_port)
     base = f"http://127.0.0.1:{node.web.port}"
     driver = _browser(tmp_path / "chromium")
@@ -278,9 +278,7 @@ def test_in_a_browser_log_in_see_the_heatmap_and_resend(node_factory: Any, tmp_p
         driver.find_element(By.CSS_SELECTOR, "#reanalyse button").click()
         wait_for(lambda: "Re-analysis queued as job 2." in driver.page_source, timeout=15)
         wait_for(lambda: len(pacs.received) == 12, timeout=60)
-        wait_for(
-            lambda: [j["state"] for j in jobs.jobs_of_study(uid)] == ["done", "done"], timeout=30
-        )
+        wait_for(lambda: [j.state for j in jobs.jobs_of_study(uid)] == ["done", "done"], timeout=30)
         driver.refresh()
         assert "Re-analysis requested by <strong>ops</strong>" in driver.page_source
         assert "revision 2: the same instances analysed again, requested by ops" in (
@@ -294,7 +292,7 @@ def test_in_a_browser_log_in_see_the_heatmap_and_resend(node_factory: Any, tmp_p
         driver.quit()
         pacs.stop()
     first, rerun = jobs.jobs_of_study(uid)
-    assert (first["state"], rerun["state"], rerun["requested_by"]) == ("done", "done", "ops")
+    assert (first.state, rerun.state, rerun.requested_by) == ("done", "done", "ops")
 
 
 def test_config_hash_password_prints_a_hash_that_logs_in() -> None:
