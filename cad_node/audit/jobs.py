@@ -23,7 +23,7 @@ from cad_node.audit.models import (
     new_event,
     utcnow,
 )
-from cad_node.audit.views import DeliveryRecord, JobRecord
+from cad_node.audit.views import DeliveryRecord, JobRecord, LatestJob
 from cad_node.domain import (
     MAMMO_CAD_SR,
     DeliveryState,
@@ -556,7 +556,7 @@ class JobRepository:
                 )
             return len(failed)
 
-    def latest_jobs(self, study_instance_uids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def latest_jobs(self, study_instance_uids: Sequence[str]) -> dict[str, LatestJob]:
         """The newest job of each study: its state and exam score (for the studies page)."""
         if not study_instance_uids:
             return {}
@@ -568,10 +568,9 @@ class JobRepository:
             )
             jobs = session.scalars(select(Job).where(Job.id.in_(newest))).all()
             return {
-                job.study_instance_uid: {
-                    "state": job.state,
-                    "exam_score": (job.result or {}).get("exam_score"),
-                }
+                job.study_instance_uid: LatestJob(
+                    JobState(job.state), (job.result or {}).get("exam_score")
+                )
                 for job in jobs
             }
 

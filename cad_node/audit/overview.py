@@ -1,23 +1,14 @@
-"""What ops read: the shapes ``cad-node audit ... --json`` prints and the web API returns."""
+"""What ops read, as typed values (``cad_node.audit.views``): one study, a page of studies, the
+summary. ``to_dict`` gives the shapes ``cad-node audit ... --json`` prints and the API returns."""
 
 from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
-from typing import Any
 
 from cad_node.audit.jobs import JobRepository
 from cad_node.audit.repository import AuditRepository
-from cad_node.audit.views import StudyDetail, StudySummary, Summary
-
-
-@dataclasses.dataclass(frozen=True)
-class StudyListing:
-    """A study on the studies page: its summary, and its newest job's state and exam score."""
-
-    study: StudySummary
-    job_state: str | None
-    exam_score: float | None
+from cad_node.audit.views import StudyDetail, StudyListing, Summary
 
 
 def study_detail(
@@ -55,8 +46,4 @@ def studies_page(
     many studies match in all."""
     rows, total = repo.search_studies(text, state, offset=offset, limit=limit)
     latest = jobs.latest_jobs([r.study_instance_uid for r in rows])
-    page = []
-    for row in rows:
-        job: dict[str, Any] = latest.get(row.study_instance_uid, {})
-        page.append(StudyListing(row, job.get("state"), job.get("exam_score")))
-    return page, total
+    return [StudyListing(row, latest.get(row.study_instance_uid)) for row in rows], total

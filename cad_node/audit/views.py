@@ -192,6 +192,22 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class LatestJob:
+    """A study's newest job, as the studies page lists it."""
+
+    state: JobState
+    exam_score: float | None
+
+
+@dataclass(frozen=True)
+class StudyListing:
+    """A study on the studies page: its summary and its newest job (None before the first)."""
+
+    study: StudySummary
+    latest_job: LatestJob | None
+
+
+@dataclass(frozen=True)
 class StudyDetail(StudySummary):
     """A study with every instance, its events, and its jobs with their deliveries.
 

@@ -236,6 +236,7 @@ def test_in_a_browser_log_in_see_the_heatmap_and_resend(node_factory: Any, tmp_p
         # a click returns before the page it leads to has loaded: poll for that page
         wait_for(lambda: driver.current_url == f"{base}/studies", timeout=15)
         assert uid in driver.page_source
+        assert '<td class="state-failed">failed</td>' in driver.page_source  # its newest job
         _screenshot(driver, tmp_path, "studies.png")
         driver.get(f"{base}/")
         assert "Deliveries" in driver.page_source and "smoke-test model" in driver.page_source
