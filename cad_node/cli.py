@@ -248,17 +248,17 @@ def audit_studies(ctx: Context, as_json: bool, limit: int) -> None:
     """List recent studies with their state and views."""
     studies = _repository(ctx).list_studies(limit)
     if as_json:
-        click.echo(json.dumps(studies, indent=2))
+        click.echo(json.dumps([s.to_dict() for s in studies], indent=2))
         return
     if not studies:
         click.echo("no studies yet")
         return
     click.echo(f"{'STUDY INSTANCE UID':<64}  {'STATUS':<9}  {'N':>3}  VIEWS / MISSING")
     for s in studies:
-        missing = f"  missing {','.join(s['missing_views'])}" if s["missing_views"] else ""
+        missing = f"  missing {','.join(s.missing_views)}" if s.missing_views else ""
         click.echo(
-            f"{s['study_instance_uid']:<64}  {s['status']:<9}  {s['n_instances']:>3}  "
-            f"{','.join(s['views']) or '-'}{missing}"
+            f"{s.study_instance_uid:<64}  {s.state:<9}  {s.n_instances:>3}  "
+            f"{','.join(s.views) or '-'}{missing}"
         )
 
 
@@ -272,40 +272,41 @@ def audit_show(ctx: Context, study_uid: str, as_json: bool) -> None:
     from cad_node.audit.overview import study_detail
 
     repo = _repository(ctx)
-    study = study_detail(repo, JobRepository(repo.engine), study_uid)
-    if study is None:
+    detail = study_detail(repo, JobRepository(repo.engine), study_uid)
+    if detail is None:
         raise click.ClickException(f"unknown study {study_uid}")
     if as_json:
-        click.echo(json.dumps(study, indent=2))
+        click.echo(json.dumps(detail.to_dict(), indent=2))
         return
-    click.echo(f"study      {study['study_instance_uid']}")
-    click.echo(f"status     {study['status']} (revision {study['revision']})")
-    click.echo(f"views      {', '.join(study['views']) or '-'}")
-    click.echo(f"missing    {', '.join(study['missing_views']) or '-'}")
-    click.echo(f"received   {study['created_at']} .. {study['last_received_at']}")
-    click.echo(f"completed  {study['completed_at'] or '-'}")
-    click.echo(f"\ninstances ({len(study['instances'])}):")
-    for i in study["instances"]:
-        what = i["view"] or i["not_analysed_reason"] or i["reason"] or ""
-        size = f"{i['bytes'] / 1e6:.1f} MB" if i["bytes"] else ""
+    study = detail
+    click.echo(f"study      {study.study_instance_uid}")
+    click.echo(f"status     {study.state} (revision {study.revision})")
+    click.echo(f"views      {', '.join(study.views) or '-'}")
+    click.echo(f"missing    {', '.join(study.missing_views) or '-'}")
+    click.echo(f"received   {study.created_at.isoformat()} .. {study.last_received_at.isoformat()}")
+    click.echo(f"completed  {study.completed_at.isoformat() if study.completed_at else '-'}")
+    click.echo(f"\ninstances ({len(detail.instances)}):")
+    for i in detail.instances:
+        what = i.view or i.not_analysed_reason or i.reason or ""
+        size = f"{i.bytes / 1e6:.1f} MB" if i.bytes else ""
         click.echo(
-            f"  {i['received_at']}  {i['outcome']:<9} {i['status']}  {i['sop_instance_uid']}"
-            f"  {what}  {size}"
+            f"  {i.received_at.isoformat()}  {i.outcome:<9} 0x{i.status:04X}  "
+            f"{i.sop_instance_uid}  {what}  {size}"
         )
-    click.echo(f"\njobs ({len(study['jobs'])}):")
-    for job in study["jobs"]:
-        result = job["result"] or {}
+    click.echo(f"\njobs ({len(detail.jobs)}):")
+    for job in detail.jobs:
+        result = job.result or {}
         exam = result.get("exam_score")
         breasts = ", ".join(
             f"{lat} {b['score']:.3f}{' suspicious' if b['suspicious'] else ''}"
             for lat, b in sorted((result.get("breasts") or {}).items())
         )
         click.echo(
-            f"  job {job['job_id']} revision {job['revision']}: {job['state']}"
-            f" (attempts {job['attempts']}, worker {job['worker'] or '-'})"
-            + (f"; requested by {job['requested_by']}" if job["requested_by"] else "")
+            f"  job {job.job_id} revision {job.revision}: {job.state}"
+            f" (attempts {job.attempts}, worker {job.worker or '-'})"
+            + (f"; requested by {job.requested_by}" if job.requested_by else "")
             + (f"; exam {exam:.3f}; {breasts}" if exam is not None else "")
-            + (f"; error: {job['error']}" if job["error"] else "")
+            + (f"; error: {job.error}" if job.error else "")
         )
         if result.get("localised"):
             for image in result.get("images") or []:
@@ -314,15 +315,16 @@ def audit_show(ctx: Context, study_uid: str, as_json: bool) -> None:
                     for d in image.get("detections") or []
                 )
                 click.echo(f"    marks {image['view']:<6} {marks or 'none'}")
-        for d in job["deliveries"]:
+        for d in job.deliveries:
+            status = "-" if d.last_status is None else f"0x{d.last_status:04X}"
             click.echo(
-                f"    {d['kind']:<13} -> {d['destination']}: {d['state']}"
-                f" (attempts {d['attempts']}, last status {d['last_status'] or '-'})"
-                + (f" {d['last_error']}" if d["last_error"] and d["state"] != "sent" else "")
+                f"    {d.kind:<13} -> {d.destination}: {d.state}"
+                f" (attempts {d.attempts}, last status {status})"
+                + (f" {d.last_error}" if d.last_error and d.state != "sent" else "")
             )
-    click.echo(f"\nevents ({len(study['events'])}):")
-    for e in study["events"]:
-        click.echo(f"  {e['at']}  {e['level']:<7} {e['kind']:<20} {e['detail'] or ''}")
+    click.echo(f"\nevents ({len(detail.events)}):")
+    for e in detail.events:
+        click.echo(f"  {e.at.isoformat()}  {e.level:<7} {e.kind:<20} {e.detail or ''}")
 
 
 @audit.command("summary")
@@ -337,20 +339,20 @@ def audit_summary(ctx: Context, as_json: bool) -> None:
     repo = _repository(ctx)
     summary = overview(repo, JobRepository(repo.engine), utcnow())
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(json.dumps(summary.to_dict(), indent=2))
         return
 
     def line(counts: dict[str, int]) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
 
-    click.echo(f"studies             {line(summary['studies'])}")
-    click.echo(f"images, last hour   {line(summary['instances']['last_hour'])}")
-    click.echo(f"images, last day    {line(summary['instances']['last_day'])}")
-    click.echo(f"jobs                {line(summary['jobs'])}")
-    click.echo(f"deliveries          {line(summary['deliveries'])}")
-    click.echo(f"recent errors       {len(summary['recent_errors'])}")
-    for e in summary["recent_errors"]:
-        click.echo(f"  {e['at']}  {e['kind']:<18} {e['study_instance_uid'] or '-'}  {e['detail']}")
+    click.echo(f"studies             {line(summary.studies)}")
+    click.echo(f"images, last hour   {line(summary.instances['last_hour'])}")
+    click.echo(f"images, last day    {line(summary.instances['last_day'])}")
+    click.echo(f"jobs                {line(summary.jobs)}")
+    click.echo(f"deliveries          {line(summary.deliveries)}")
+    click.echo(f"recent errors       {len(summary.recent_errors)}")
+    for e in summary.recent_errors:
+        click.echo(f"  {e.at.isoformat()}  {e.kind:<18} {e.study_instance_uid or '-'}  {e.detail}")
 
 
 @audit.command("events")
@@ -362,12 +364,12 @@ def audit_events(ctx: Context, level: str | None, limit: int, as_json: bool) -> 
     """Show the newest events (rejections, aborts, completions...)."""
     events = _repository(ctx).recent_events(limit, level)
     if as_json:
-        click.echo(json.dumps(events, indent=2))
+        click.echo(json.dumps([e.to_dict() for e in events], indent=2))
         return
     for e in events:
         click.echo(
-            f"{e['at']}  {e['level']:<7} {e['kind']:<22} {e['calling_ae'] or '-':<16} "
-            f"{e['study_instance_uid'] or '-'}  {e['detail'] or ''}"
+            f"{e.at.isoformat()}  {e.level:<7} {e.kind:<22} {e.calling_ae or '-':<16} "
+            f"{e.study_instance_uid or '-'}  {e.detail or ''}"
         )
 
 
@@ -657,14 +659,14 @@ def reanalyse(ctx: Context, study_uid: str, who: str | None) -> None:
             return
         _setup_logging("WARNING")
         tasks.run_job(pipeline, job_id)
-        job = next(j for j in pipeline.jobs.jobs_of_study(study_uid) if j["job_id"] == job_id)
-        exam = (job["result"] or {}).get("exam_score")
+        job = next(j for j in pipeline.jobs.jobs_of_study(study_uid) if j.job_id == job_id)
+        exam = (job.result or {}).get("exam_score")
         click.echo(
-            f"job {job_id} (revision {revision}): {job['state']}"
+            f"job {job_id} (revision {revision}): {job.state}"
             + (f"; exam score {exam:.3f}" if exam is not None else "")
-            + (f"; error: {job['error']}" if job["error"] else "")
+            + (f"; error: {job.error}" if job.error else "")
         )
-        if job["state"] == "failed":
+        if job.state == "failed":
             raise SystemExit(1)
     finally:
         pipeline.close()

@@ -23,7 +23,8 @@ from pydicom.dataset import Dataset
 
 from cad_node.assembly import identify, patient_key
 from cad_node.audit.jobs import JobRepository
-from cad_node.domain import JobState
+from cad_node.audit.views import JobRecord, StudySummary
+from cad_node.domain import JobState, StudyState
 from cad_node.model_folder import model_warning
 from cad_node.node import Node
 from cad_node.results import DECISION_SUPPORT
@@ -145,13 +146,13 @@ def run_demo(
             f"waiting for the quiet period ({settings.study_quiet_seconds:g} s) and the analysis..."
         )
         deadline = time.monotonic() + timeout
-        finished: dict[str, dict[str, Any]] = {}
+        finished: dict[str, JobRecord] = {}
         while len(finished) < len(uids) and time.monotonic() < deadline:
             for uid in uids:
                 done = [
                     j
                     for j in jobs.jobs_of_study(uid)
-                    if j["state"] in (JobState.DONE, JobState.DELIVERY_PENDING, JobState.FAILED)
+                    if j.state in (JobState.DONE, JobState.DELIVERY_PENDING, JobState.FAILED)
                 ]
                 if done:
                     finished[uid] = done[-1]
@@ -162,11 +163,11 @@ def run_demo(
             if job is None:
                 echo(f"study {uid}: no result within {timeout:g} s")
                 return 1
-            echo(f"\nstudy {uid}: {job['state']}" + (f" ({job['error']})" if job["error"] else ""))
+            echo(f"\nstudy {uid}: {job.state}" + (f" ({job.error})" if job.error else ""))
             known = known_pathology(str(exam[0].get("PatientID", "")))
             if known is not None:
                 echo(f"  known pathology: {known[0]}")
-            result = job["result"] or {}
+            result = job.result or {}
             for lat, breast in sorted((result.get("breasts") or {}).items()):
                 views = ", ".join(f"{v} {s:.3f}" for v, s in breast["views"].items())
                 flag = "  SUSPICIOUS" if breast["suspicious"] else ""
@@ -174,7 +175,7 @@ def run_demo(
                 echo(f"  breast {lat}: score {breast['score']:.3f}{flag}  ({views}){truth}")
                 if result.get("localised"):
                     echo(f"    {marks_text(result.get('images') or [], lat)}")
-            folder = settings.outbox_dir / f"job-{job['job_id']}"
+            folder = settings.outbox_dir / f"job-{job.job_id}"
             echo(f"  reports: {folder}")
             scs = [dcmread(path) for path in folder.glob("heatmap-sc_*.dcm")]
             scs.sort(
@@ -193,7 +194,7 @@ def run_demo(
         warning = model_warning(settings.model_path)
         if warning:
             echo(f"WARNING: {warning}.")
-        return 0 if all(j["state"] == JobState.DONE for j in finished.values()) else 1
+        return 0 if all(j.state == JobState.DONE for j in finished.values()) else 1
     finally:
         node.stop()
 
@@ -201,11 +202,11 @@ def run_demo(
 def _assembly_only(node: Node, uids: list[str], echo: Callable[[str], None], timeout: float) -> int:
     echo(f"waiting for the quiet period ({node.settings.study_quiet_seconds:g} s)...")
     deadline = time.monotonic() + timeout
-    studies: dict[str, dict[str, Any]] = {}
+    studies: dict[str, StudySummary] = {}
     while len(studies) < len(uids) and time.monotonic() < deadline:
         for uid in uids:
             shown = node.repo.show_study(uid)
-            if shown and shown["status"] == "complete":
+            if shown and shown.state == StudyState.COMPLETE:
                 studies[uid] = shown
         time.sleep(0.2)
     for uid in uids:
@@ -214,8 +215,8 @@ def _assembly_only(node: Node, uids: list[str], echo: Callable[[str], None], tim
             echo(f"study {uid}: not complete within {timeout:g} s")
             return 1
         echo(
-            f"\nstudy {uid}: complete, views {', '.join(study['views'])}"
-            f"{'; missing ' + ', '.join(study['missing_views']) if study['missing_views'] else ''}"
+            f"\nstudy {uid}: complete, views {', '.join(study.views)}"
+            f"{'; missing ' + ', '.join(study.missing_views) if study.missing_views else ''}"
         )
     echo(
         "\nNo model is installed, so the studies were received, stored and assembled but not "

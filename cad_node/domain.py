@@ -1,8 +1,10 @@
-"""Value objects shared by every stage: views, lateralities, study states."""
+"""Value objects shared by every stage: views, lateralities, study and job states, and what
+one stage hands the next (a stored file, a completed study, a result object)."""
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Final
 
 
@@ -80,3 +82,36 @@ class DeliveryState(enum.StrEnum):
 MAMMO_CAD_SR: Final = "mammo-cad-sr"
 TID1500_SR: Final = "tid1500-sr"
 HEATMAP_SC: Final = "heatmap-sc"
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """Where and what an instance's bytes are on disk (the spool's answer, recorded by audit)."""
+
+    path: str
+    bytes: int
+    sha256: str
+    transfer_syntax_uid: str
+
+
+@dataclass(frozen=True)
+class CompletedStudy:
+    """A study that just completed, as handed to the pipeline."""
+
+    study_instance_uid: str
+    revision: int
+    views: list[str]
+    missing_views: list[str]
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    """A result object written to the outbox."""
+
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    path: str
+    """Relative to the outbox directory."""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""

@@ -87,6 +87,16 @@ class UnknownStudyError(CadNodeError):
     """No study with this Study Instance UID is recorded."""
 
 
+class DuplicateInstanceError(CadNodeError):
+    """The SOP instance is stored already: the audit repository raises it, ingest answers the
+    C-STORE as a duplicate (Success, keeping the first copy)."""
+
+
+class StaleJobError(CadNodeError):
+    """A worker tried to finish an attempt that is no longer the job's current one (it was
+    presumed dead and its task redelivered); its results are discarded, so never retryable."""
+
+
 class ReanalysisRefusedError(CadNodeError):
     """A study cannot be analysed again now (still receiving, or a job of it is under way).
 

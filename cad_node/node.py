@@ -13,7 +13,8 @@ from cad_node.atna import AuditTrail
 from cad_node.audit.db import make_engine, upgrade
 from cad_node.audit.jobs import JobRepository
 from cad_node.audit.models import utcnow
-from cad_node.audit.repository import AuditRepository, CompletedStudy
+from cad_node.audit.repository import AuditRepository
+from cad_node.domain import CompletedStudy
 from cad_node.ingest.handlers import IngestContext
 from cad_node.ingest.scp import StorageSCP
 from cad_node.ingest.spool import Spool

@@ -62,12 +62,12 @@ def test_sigkill_after_acknowledgement_loses_nothing(
     wait_listening(port)
     repo = AuditRepository(make_engine(f"sqlite:///{tmp_path / 'data' / 'cad-node.db'}"))
     study = wait_for(
-        lambda: (s := repo.show_study(uid)) and s["status"] == "complete" and s, timeout=10
+        lambda: (s := repo.show_study(uid)) and s.state == "complete" and s, timeout=10
     )
-    assert study["views"] == ["L-CC", "L-MLO", "R-CC", "R-MLO"]
-    assert [i["outcome"] for i in study["instances"]] == ["stored"] * 4
+    assert study.views == ["L-CC", "L-MLO", "R-CC", "R-MLO"]
+    assert [i.outcome for i in study.instances] == ["stored"] * 4
     assert not (tmp_path / "data" / "incoming" / "tmpcrashed.dcm").exists()
-    kinds = [e["kind"] for e in repo.recent_events(100)]
+    kinds = [e.kind for e in repo.recent_events(100)]
     assert "node.recovered" in kinds
     # The configured model folder is missing: the node says so once, at start-up.
     assert "no manifest.json in model folder" in (tmp_path / "serve.log").read_text()
@@ -84,12 +84,12 @@ def test_downtime_is_not_quiet_time(node_factory: Any, tmp_path: Path) -> None:
 
     second = node_factory(study_quiet_seconds=1.0)
     time.sleep(0.5)
-    assert second.repo.show_study(uid)["status"] == "receiving"
+    assert second.repo.show_study(uid).state == "receiving"
     assert store(second.scp.port, views[3:]) == [dicom_status.SUCCESS]  # the sender's resend
     study = wait_for(
-        lambda: (s := second.repo.show_study(uid)) and s["status"] == "complete" and s, timeout=10
+        lambda: (s := second.repo.show_study(uid)) and s.state == "complete" and s, timeout=10
     )
-    assert study["revision"] == 1 and study["views"] == ["L-CC", "L-MLO", "R-CC", "R-MLO"]
+    assert study.revision == 1 and study.views == ["L-CC", "L-MLO", "R-CC", "R-MLO"]
 
 
 @pytest.mark.slow
@@ -147,14 +147,14 @@ def test_orphaned_result_files_are_removed_at_start(node_factory: Any, tmp_path:
     uid = views[0].StudyInstanceUID
     assert store(first.scp.port, views) == [dicom_status.SUCCESS] * 4
     [job] = wait_for(
-        lambda: [j for j in JobRepository(first.engine).jobs_of_study(uid) if j["state"] == "done"],
+        lambda: [j for j in JobRepository(first.engine).jobs_of_study(uid) if j.state == "done"],
         timeout=60,
     )
     first.stop()
     outbox = tmp_path / "data" / "outbox"
     recorded = sorted(outbox.rglob("*.dcm"))
     assert len(recorded) == 6
-    cut = [outbox / f"job-{job['job_id']}" / "heatmap-sc_1.2.3.dcm", outbox / "job-99" / "x.dcm"]
+    cut = [outbox / f"job-{job.job_id}" / "heatmap-sc_1.2.3.dcm", outbox / "job-99" / "x.dcm"]
     for path in cut:
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"written before the crash")

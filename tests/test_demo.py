@@ -64,7 +64,7 @@ def test_demo_with_the_installed_default_model(tmp_path: Path) -> None:
     shown = CliRunner(env=env).invoke(main, ["audit", "show", uid])
     assert shown.exit_code == 0, shown.output
     [job] = JobRepository(make_engine(settings.effective_database_url)).jobs_of_study(uid)
-    marks = sum(len(i["detections"]) for i in job["result"]["images"])
+    marks = sum(len(i["detections"]) for i in job.result["images"])
     assert shown.output.count("    marks ") == 4
     assert len(re.findall(r"x \d+ y \d+ r \d+ score 0\.\d\d", shown.output)) == marks
     warning = validation_warning(read_manifest(default_model_path()))

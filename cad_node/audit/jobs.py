@@ -24,18 +24,16 @@ from cad_node.audit.models import (
     new_event,
     utcnow,
 )
+from cad_node.audit.views import DeliveryRecord, JobRecord, LatestJob
 from cad_node.domain import (
     MAMMO_CAD_SR,
     DeliveryState,
     InstanceOutcome,
     JobState,
+    ResultObject,
     StudyState,
 )
-from cad_node.errors import ReanalysisRefusedError, UnknownStudyError
-
-
-class StaleJobError(Exception):
-    """A worker tried to finish an attempt that is no longer the job's current one."""
+from cad_node.errors import ReanalysisRefusedError, StaleJobError, UnknownStudyError
 
 
 @dataclass(frozen=True)
@@ -54,19 +52,6 @@ class JobStart:
     predecessors: list[dict[str, str]]
     """The result objects of the study's latest earlier analysed job (for Predecessor
     Documents Sequence); empty for a first analysis."""
-
-
-@dataclass(frozen=True)
-class ResultObject:
-    """A result object written to the outbox."""
-
-    kind: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    path: str
-    """Relative to the outbox directory."""
-    study_instance_uid: str = ""
-    series_instance_uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,7 +90,8 @@ class JobRepository:
         """The job for this study revision, created if new: ``(job_id, created)``.
 
         One job per (study, revision): a redelivered completion or a restart never creates a
-        second, independent job for the same content.
+        second, independent job for the same content. Raises :class:`UnknownStudyError` when
+        no such study is recorded.
         """
         try:
             with self._sessions.begin() as session:
@@ -113,7 +99,7 @@ class JobRepository:
                     select(Study.id).where(Study.study_instance_uid == study_instance_uid)
                 )
                 if study_id is None:
-                    raise KeyError(study_instance_uid)
+                    raise UnknownStudyError(f"unknown study {study_instance_uid}")
                 job = Job(
                     study_id=study_id,
                     study_instance_uid=study_instance_uid,
@@ -587,7 +573,7 @@ class JobRepository:
                 )
             return len(failed)
 
-    def latest_jobs(self, study_instance_uids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def latest_jobs(self, study_instance_uids: Sequence[str]) -> dict[str, LatestJob]:
         """The newest job of each study: its state and exam score (for the studies page)."""
         if not study_instance_uids:
             return {}
@@ -599,10 +585,9 @@ class JobRepository:
             )
             jobs = session.scalars(select(Job).where(Job.id.in_(newest))).all()
             return {
-                job.study_instance_uid: {
-                    "state": job.state,
-                    "exam_score": (job.result or {}).get("exam_score"),
-                }
+                job.study_instance_uid: LatestJob(
+                    JobState(job.state), (job.result or {}).get("exam_score")
+                )
                 for job in jobs
             }
 
@@ -618,7 +603,7 @@ class JobRepository:
                 int(job_id): [ResultObject(**o) for o in objects or []] for job_id, objects in rows
             }
 
-    def jobs_of_study(self, study_instance_uid: str) -> list[dict[str, Any]]:
+    def jobs_of_study(self, study_instance_uid: str) -> list[JobRecord]:
         """Jobs of a study with their deliveries, oldest first (for ``audit show``)."""
         with self._sessions() as session:
             jobs = session.scalars(
@@ -629,45 +614,7 @@ class JobRepository:
                 deliveries = session.scalars(
                     select(Delivery).where(Delivery.job_id == job.id).order_by(Delivery.id)
                 ).all()
-                out.append(
-                    {
-                        "job_id": job.id,
-                        "revision": job.revision,
-                        "state": job.state,
-                        "attempts": job.attempts,
-                        "worker": job.worker,
-                        "error": job.error,
-                        "model": {"name": job.model_name, "version": job.model_version},
-                        "result": job.result,
-                        "report_sop_instance_uid": next(
-                            (
-                                o["sop_instance_uid"]
-                                for o in job.objects or []
-                                if o["kind"] == MAMMO_CAD_SR
-                            ),
-                            None,
-                        ),
-                        "created_at": job.created_at.isoformat(),
-                        "started_at": job.started_at.isoformat() if job.started_at else None,
-                        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-                        "requested_by": job.requested_by,
-                        "deliveries": [
-                            {
-                                "destination": d.destination,
-                                "kind": d.kind,
-                                "sop_instance_uid": d.sop_instance_uid,
-                                "state": d.state,
-                                "attempts": d.attempts,
-                                "last_status": None
-                                if d.last_status is None
-                                else f"0x{d.last_status:04X}",
-                                "last_error": d.last_error,
-                                "sent_at": d.sent_at.isoformat() if d.sent_at else None,
-                            }
-                            for d in deliveries
-                        ],
-                    }
-                )
+                out.append(_job_record(job, deliveries))
             return out
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -691,3 +638,36 @@ class JobRepository:
                 .group_by(Delivery.destination, Delivery.state)
             ).all()
             return {(str(dest), str(state)): int(n) for dest, state, n in rows}
+
+
+def _job_record(job: Job, deliveries: Sequence[Delivery]) -> JobRecord:
+    report = next((o for o in job.objects or [] if o["kind"] == MAMMO_CAD_SR), None)
+    return JobRecord(
+        job_id=job.id,
+        revision=job.revision,
+        state=JobState(job.state),
+        attempts=job.attempts,
+        worker=job.worker,
+        error=job.error,
+        model_name=job.model_name,
+        model_version=job.model_version,
+        result=job.result,
+        report_sop_instance_uid=None if report is None else str(report["sop_instance_uid"]),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        requested_by=job.requested_by,
+        deliveries=[
+            DeliveryRecord(
+                destination=d.destination,
+                kind=d.kind,
+                sop_instance_uid=d.sop_instance_uid,
+                state=DeliveryState(d.state),
+                attempts=d.attempts,
+                last_status=d.last_status,
+                last_error=d.last_error,
+                sent_at=d.sent_at,
+            )
+            for d in deliveries
+        ],
+    )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import secrets
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,32 +21,9 @@ from cad_node.assembly import (
 )
 from cad_node.audit.db import lock_rows
 from cad_node.audit.models import Event, Instance, Study, new_event, utcnow
-from cad_node.domain import InstanceOutcome, StudyState
-from cad_node.errors import PatientConflictError
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    """Where and what an instance's bytes are on disk."""
-
-    path: str
-    bytes: int
-    sha256: str
-    transfer_syntax_uid: str
-
-
-@dataclass(frozen=True)
-class CompletedStudy:
-    """A study that just completed, as handed to the pipeline."""
-
-    study_instance_uid: str
-    revision: int
-    views: list[str]
-    missing_views: list[str]
-
-
-class DuplicateInstanceError(Exception):
-    """The SOP instance is already stored (raised inside the repository, handled by callers)."""
+from cad_node.audit.views import EventRecord, InstanceRecord, StudyDetail, StudySummary
+from cad_node.domain import CompletedStudy, InstanceOutcome, StoredFile, StudyState
+from cad_node.errors import DuplicateInstanceError, PatientConflictError
 
 
 def _patient_conflict(study: Study, patient: PatientIdentity) -> PatientConflictError | None:
@@ -361,7 +338,7 @@ class AuditRepository:
             return CompletedStudy(uid, revision, present, missing)
 
     # Reads -----------------------------------------------------------------------------
-    def list_studies(self, limit: int = 100) -> list[dict[str, Any]]:
+    def list_studies(self, limit: int = 100) -> list[StudySummary]:
         """The most recently active studies, newest first."""
         with self._sessions() as session:
             counts = (
@@ -376,11 +353,11 @@ class AuditRepository:
                 .order_by(Study.last_received_at.desc())
                 .limit(limit)
             ).all()
-            return [self._study_dict(study, n) for study, n in rows]
+            return [_summary(study, n) for study, n in rows]
 
     def search_studies(
         self, text: str = "", state: str = "", *, offset: int = 0, limit: int = 50
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[list[StudySummary], int]:
         """A page of studies, newest first, whose UID or calling AE contains ``text`` (and in
         ``state`` when given), each with its calling AE; and how many match in all."""
         with self._sessions() as session:
@@ -410,14 +387,9 @@ class AuditRepository:
                 .offset(offset)
                 .limit(limit)
             ).all()
-            page = []
-            for study, n, calling_ae in rows:
-                row = self._study_dict(study, n)
-                row["calling_ae"] = calling_ae
-                page.append(row)
-            return page, total
+            return [_summary(study, n, calling_ae) for study, n, calling_ae in rows], total
 
-    def show_study(self, study_instance_uid: str) -> dict[str, Any] | None:
+    def show_study(self, study_instance_uid: str) -> StudyDetail | None:
         """A study with its instances and events, or None when unknown."""
         with self._sessions() as session:
             study = session.scalar(
@@ -434,16 +406,15 @@ class AuditRepository:
                 .order_by(Event.id)
             ).all()
             stored = [i for i in instances if i.outcome == InstanceOutcome.STORED]
-            result = self._study_dict(study, len(stored))
+            detail = StudyDetail(
+                **vars(_summary(study, len(stored))),
+                instances=[_instance(i) for i in instances],
+                events=[EventRecord(e.at, e.kind, e.level, e.detail) for e in events],
+            )
             if study.state == StudyState.RECEIVING:
                 present, missing = views_present_and_missing(i.view for i in stored)
-                result["views"], result["missing_views"] = present, missing
-            result["instances"] = [_instance_dict(i) for i in instances]
-            result["events"] = [
-                {"at": e.at.isoformat(), "kind": e.kind, "level": e.level, "detail": e.detail}
-                for e in events
-            ]
-            return result
+                detail = dataclasses.replace(detail, views=present, missing_views=missing)
+            return detail
 
     def ingest_counts(self, now: datetime) -> dict[str, Any]:
         """Studies per state and C-STORE outcomes over the last hour and day."""
@@ -461,7 +432,7 @@ class AuditRepository:
 
     def recent_events(
         self, limit: int = 50, level: str | None = None, kind: str = "", *, offset: int = 0
-    ) -> list[dict[str, Any]]:
+    ) -> list[EventRecord]:
         """The newest events, newest first: optionally of one level, and of kinds starting with
         ``kind`` (``association.`` or ``association.rejected``)."""
         with self._sessions() as session:
@@ -471,15 +442,15 @@ class AuditRepository:
             if kind:
                 query = query.where(Event.kind.startswith(kind, autoescape=True))
             return [
-                {
-                    "at": e.at.isoformat(),
-                    "kind": e.kind,
-                    "level": e.level,
-                    "study_instance_uid": e.study_instance_uid,
-                    "sop_instance_uid": e.sop_instance_uid,
-                    "calling_ae": e.calling_ae,
-                    "detail": e.detail,
-                }
+                EventRecord(
+                    e.at,
+                    e.kind,
+                    e.level,
+                    e.detail,
+                    e.study_instance_uid,
+                    e.sop_instance_uid,
+                    e.calling_ae,
+                )
                 for e in session.scalars(query)
             ]
 
@@ -488,36 +459,37 @@ class AuditRepository:
         with self._sessions() as session:
             return sorted(str(k) for k in session.scalars(select(Event.kind).distinct()))
 
-    @staticmethod
-    def _study_dict(study: Study, n_instances: int) -> dict[str, Any]:
-        return {
-            "study_instance_uid": study.study_instance_uid,
-            "status": study.state,
-            "revision": study.revision,
-            "views": list(study.views),
-            "missing_views": list(study.missing_views),
-            "n_instances": n_instances,
-            "created_at": study.created_at.isoformat(),
-            "last_received_at": study.last_received_at.isoformat(),
-            "completed_at": study.completed_at.isoformat() if study.completed_at else None,
-        }
+
+def _summary(study: Study, n_instances: int, calling_ae: str | None = None) -> StudySummary:
+    return StudySummary(
+        study_instance_uid=study.study_instance_uid,
+        state=StudyState(study.state),
+        revision=study.revision,
+        views=list(study.views),
+        missing_views=list(study.missing_views),
+        n_instances=n_instances,
+        created_at=study.created_at,
+        last_received_at=study.last_received_at,
+        completed_at=study.completed_at,
+        calling_ae=calling_ae,
+    )
 
 
-def _instance_dict(i: Instance) -> dict[str, Any]:
-    return {
-        "sop_instance_uid": i.sop_instance_uid,
-        "series_instance_uid": i.series_instance_uid,
-        "sop_class_uid": i.sop_class_uid,
-        "outcome": i.outcome,
-        "status": f"0x{i.status:04X}",
-        "reason": i.reason,
-        "view": i.view,
-        "laterality": i.laterality,
-        "view_position": i.view_position,
-        "not_analysed_reason": i.not_analysed_reason,
-        "transfer_syntax_uid": i.transfer_syntax_uid,
-        "bytes": i.bytes,
-        "sha256": i.sha256,
-        "calling_ae": i.calling_ae,
-        "received_at": i.received_at.isoformat(),
-    }
+def _instance(i: Instance) -> InstanceRecord:
+    return InstanceRecord(
+        sop_instance_uid=i.sop_instance_uid,
+        series_instance_uid=i.series_instance_uid,
+        sop_class_uid=i.sop_class_uid,
+        outcome=InstanceOutcome(i.outcome),
+        status=i.status,
+        reason=i.reason,
+        view=i.view,
+        laterality=i.laterality,
+        view_position=i.view_position,
+        not_analysed_reason=i.not_analysed_reason,
+        transfer_syntax_uid=i.transfer_syntax_uid,
+        bytes=i.bytes,
+        sha256=i.sha256,
+        calling_ae=i.calling_ae,
+        received_at=i.received_at,
+    )

@@ -14,17 +14,17 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pynetdicom import evt
 
 from cad_node import dicom_status, metrics, phi
 from cad_node.assembly import identify
 from cad_node.atna import AuditTrail
-from cad_node.audit.repository import AuditRepository, DuplicateInstanceError
 from cad_node.domain import InstanceOutcome
 from cad_node.errors import (
     CadNodeError,
+    DuplicateInstanceError,
     MissingUidError,
     OutOfResourcesError,
     PatientConflictError,
@@ -37,6 +37,9 @@ from cad_node.ingest.receive_path import receiving_file
 from cad_node.ingest.spool import Spool, is_out_of_space
 from cad_node.ingest.validate import check_pixel_data, check_pixels_decode, check_uids, read_header
 from cad_node.settings import AllowedCallingAE
+
+if TYPE_CHECKING:  # ingest records through the repository it is given, never importing audit
+    from cad_node.audit.repository import AuditRepository
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from cad_node.audit.repository import StoredFile
+from cad_node.domain import StoredFile
 from cad_node.errors import MissingUidError, OutOfResourcesError
 from cad_node.fsutil import ensure_dir_durably, fsync_dir
 

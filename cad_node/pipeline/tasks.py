@@ -17,10 +17,9 @@ from pydicom.filebase import DicomBytesIO
 
 from cad_node import metrics, phi
 from cad_node.assembly import require_one_patient
-from cad_node.audit.jobs import ResultObject, StaleJobError
 from cad_node.delivery.outbox import DeliverySummary
-from cad_node.domain import JobState
-from cad_node.errors import CadNodeError
+from cad_node.domain import JobState, ResultObject
+from cad_node.errors import CadNodeError, StaleJobError
 from cad_node.fsutil import write_durably
 from cad_node.inference.predict import analyse_study
 from cad_node.pipeline.context import PipelineContext

@@ -68,7 +68,7 @@ def api_router(ctx: WebContext, app: FastAPI) -> APIRouter:
     @router.get("/studies", response_model=list[schemas.StudyRow])
     def studies(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> Any:
         """Recent studies, newest first (``cad-node audit studies --json``)."""
-        return ctx.repo.list_studies(limit)
+        return [s.to_dict() for s in ctx.repo.list_studies(limit)]
 
     @router.get(
         "/studies/{study_instance_uid}",
@@ -80,7 +80,7 @@ def api_router(ctx: WebContext, app: FastAPI) -> APIRouter:
         found = overview.study_detail(ctx.repo, ctx.jobs, study_instance_uid)
         if found is None:
             raise HTTPException(status_code=404, detail="unknown study")
-        return found
+        return found.to_dict()
 
     @router.post(
         "/studies/{study_instance_uid}/reanalyse",
@@ -110,7 +110,7 @@ def api_router(ctx: WebContext, app: FastAPI) -> APIRouter:
     @router.get("/summary", response_model=schemas.Summary)
     def summary() -> Any:
         """Studies, images, jobs and deliveries by state, recent errors (``audit summary``)."""
-        return overview.summary(ctx.repo, ctx.jobs, utcnow())
+        return overview.summary(ctx.repo, ctx.jobs, utcnow()).to_dict()
 
     @router.get("/events", response_model=list[schemas.EventRow])
     def events(
@@ -118,7 +118,7 @@ def api_router(ctx: WebContext, app: FastAPI) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     ) -> Any:
         """The newest events (``cad-node audit events --json``)."""
-        return ctx.repo.recent_events(limit, level)
+        return [e.to_dict() for e in ctx.repo.recent_events(limit, level)]
 
     @router.get("/openapi.json", include_in_schema=False)
     def openapi() -> dict[str, Any]:

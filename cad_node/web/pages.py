@@ -211,7 +211,7 @@ def console_router(ctx: WebContext, auth: ConsoleAuth) -> APIRouter:
             "overview.html",
             session,
             summary=summary,
-            queue_depth=summary["jobs"].get(JobState.QUEUED, 0),
+            queue_depth=summary.jobs.get(JobState.QUEUED, 0),
             disk_free=disk_free,
             disk_reserve=ctx.spool.min_free_bytes,
             model=model_status(ctx),
@@ -251,7 +251,7 @@ def console_router(ctx: WebContext, auth: ConsoleAuth) -> APIRouter:
         if study is None:
             return render("missing.html", session, status=404, uid=study_instance_uid)
         objects = ctx.jobs.result_objects(study_instance_uid)
-        busy = any(j["state"] in (JobState.QUEUED, JobState.RUNNING) for j in study["jobs"])
+        busy = any(j.state in (JobState.QUEUED, JobState.RUNNING) for j in study.jobs)
         return render(
             "study.html",
             session,
@@ -263,7 +263,7 @@ def console_router(ctx: WebContext, auth: ConsoleAuth) -> APIRouter:
             refused=REFUSALS.get(refused),
             can_send=ctx.deliver_now is not None,
             can_reanalyse=ctx.reanalyse is not None
-            and study["status"] == StudyState.COMPLETE
+            and study.state == StudyState.COMPLETE
             and not busy,
             quote=quote,
         )

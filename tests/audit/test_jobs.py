@@ -13,11 +13,16 @@ from sqlalchemy import Engine, select, update
 
 from cad_node.assembly import identify
 from cad_node.audit.db import make_engine, upgrade
-from cad_node.audit.jobs import JobRepository, ResultObject, StaleJobError
+from cad_node.audit.jobs import JobRepository
 from cad_node.audit.models import Delivery, Instance, Study, utcnow
-from cad_node.audit.repository import AuditRepository, StoredFile
-from cad_node.domain import MAMMO_CAD_SR, JobState
-from cad_node.errors import ReanalysisRefusedError, UnknownStudyError
+from cad_node.audit.repository import AuditRepository
+from cad_node.domain import MAMMO_CAD_SR, JobState, ResultObject, StoredFile
+from cad_node.errors import (
+    CadNodeError,
+    ReanalysisRefusedError,
+    StaleJobError,
+    UnknownStudyError,
+)
 
 UID = "1.2.826.0.1.3680043.8.498.1"
 
@@ -78,8 +83,8 @@ def test_a_revision_with_the_instances_of_the_last_report_makes_no_new_one(
 
     assert jobs.start_job(job2, "w") is None
     [_, second] = jobs.jobs_of_study(UID)
-    assert second["state"] == JobState.UNCHANGED and second["report_sop_instance_uid"] is None
-    kinds = [e["kind"] for e in audit.recent_events(100)]
+    assert second.state == JobState.UNCHANGED and second.report_sop_instance_uid is None
+    kinds = [e.kind for e in audit.recent_events(100)]
     assert "job.unchanged" in kinds
 
 
@@ -97,24 +102,52 @@ def test_a_requested_reanalysis_runs_on_the_same_instances_and_names_who_asked(
     with pytest.raises(ReanalysisRefusedError) as busy:
         jobs.request_reanalysis(UID, "ops")  # job 1 is still queued
     assert busy.value.reason == "busy"
-    assert audit.show_study(UID)["revision"] == 1  # a refusal leaves no trace but its reason
+    assert audit.show_study(UID).revision == 1  # a refusal leaves no trace but its reason
     start1 = jobs.start_job(job1, "w")
     assert start1 is not None
     sr = ResultObject(MAMMO_CAD_SR, "1.2.840.10008.5.1.4.1.1.88.50", "1.2.3.4", "job-1/sr.dcm")
     jobs.finish_analysis(job1, attempt=1, result={}, model={}, objects=[sr], destinations=[])
 
     job2, revision = jobs.request_reanalysis(UID, "ops")
-    assert revision == 2 and audit.show_study(UID)["revision"] == 2
+    assert revision == 2 and audit.show_study(UID).revision == 2
     start2 = jobs.start_job(job2, "w")  # not `unchanged`: it was asked for
     assert start2 is not None and start2.instance_paths == paths
     assert [p["sop_instance_uid"] for p in start2.predecessors] == ["1.2.3.4"]
     [_, second] = jobs.jobs_of_study(UID)
-    assert (second["state"], second["requested_by"]) == (JobState.RUNNING, "ops")
+    assert (second.state, second.requested_by) == (JobState.RUNNING, "ops")
     [event] = audit.recent_events(10, kind="job.reanalysis_requested")
-    assert event["detail"] == f"job {job2} revision 2: the same instances analysed again, " + (
+    assert event.detail == f"job {job2} revision 2: the same instances analysed again, " + (
         "requested by ops"
     )
     assert jobs.studies_without_job() == []
+
+
+def test_a_job_of_an_unknown_study_is_refused_with_a_typed_error(
+    repos: tuple[AuditRepository, JobRepository],
+) -> None:
+    _, jobs = repos
+    with pytest.raises(UnknownStudyError) as refused:
+        jobs.create_job(UID, 1)
+    assert isinstance(refused.value, CadNodeError) and not refused.value.retryable
+
+
+def test_only_the_current_attempt_may_finish_a_job(
+    repos: tuple[AuditRepository, JobRepository],
+) -> None:
+    audit, jobs = repos
+    _store(audit, "L", "CC")
+    job, _ = jobs.create_job(UID, _complete(audit))
+    assert jobs.start_job(job, "first") is not None
+    assert jobs.start_job(job, "second") is not None  # redelivered: attempt 2 is current
+    sr = ResultObject(MAMMO_CAD_SR, "1.2.840.10008.5.1.4.1.1.88.50", "1.2.3.4", "job-1/sr.dcm")
+    with pytest.raises(StaleJobError) as stale:
+        jobs.finish_analysis(job, attempt=1, result={}, model={}, objects=[sr], destinations=[])
+    assert not stale.value.retryable
+    [recorded] = jobs.jobs_of_study(UID)
+    assert (recorded.state, recorded.result) == (JobState.RUNNING, None)
+    jobs.finish_analysis(job, attempt=2, result={}, model={}, objects=[sr], destinations=[])
+    [recorded] = jobs.jobs_of_study(UID)
+    assert recorded.state == JobState.DONE
 
 
 def test_a_stale_attempts_failure_leaves_the_job_to_the_current_one(
@@ -127,10 +160,10 @@ def test_a_stale_attempts_failure_leaves_the_job_to_the_current_one(
     assert first is not None and second is not None and second.attempt == 2
     assert not jobs.fail_job(job_id, "w1 timed out", attempt=first.attempt, terminal=False)
     [job] = jobs.jobs_of_study(UID)
-    assert job["state"] == JobState.RUNNING and job["attempts"] == 2
+    assert job.state == JobState.RUNNING and job.attempts == 2
     assert jobs.fail_job(job_id, "model error", attempt=second.attempt, terminal=True)
     [job] = jobs.jobs_of_study(UID)
-    assert job["state"] == JobState.FAILED and job["error"] == "model error"
+    assert job.state == JobState.FAILED and job.error == "model error"
 
 
 # Races between workers and nodes that share one database, each with its own engine (its own
@@ -219,7 +252,7 @@ def test_two_nodes_completing_a_study_make_one_job(engines: list[Engine]) -> Non
         created = [job_id for _, made in results for job_id in made]
         jobs_of_study = nodes[0][1].jobs_of_study(uid)
         assert len(created) == 1 and len(jobs_of_study) == 1
-        assert jobs_of_study[0]["revision"] == 1
+        assert jobs_of_study[0].revision == 1
 
 
 def test_the_last_two_sends_of_a_job_settle_it(engines: list[Engine]) -> None:
@@ -239,7 +272,7 @@ def test_the_last_two_sends_of_a_job_settle_it(engines: list[Engine]) -> None:
             )
         )
         [job] = jobs.jobs_of_study(f"{UID}.{n}")
-        assert job["state"] == JobState.DONE
+        assert job.state == JobState.DONE
 
 
 def _finish(worker: JobRepository, job_id: int, attempt: int) -> bool:

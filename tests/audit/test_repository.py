@@ -7,7 +7,9 @@ from factories import mammogram
 from cad_node.assembly import identify
 from cad_node.audit.db import make_engine, upgrade
 from cad_node.audit.models import utcnow
-from cad_node.audit.repository import AuditRepository, DuplicateInstanceError, StoredFile
+from cad_node.audit.repository import AuditRepository
+from cad_node.domain import StoredFile
+from cad_node.errors import DuplicateInstanceError
 
 
 @pytest.fixture
@@ -35,8 +37,8 @@ def test_study_completes_only_after_quiet_period(repo: AuditRepository) -> None:
     assert done[0].missing_views == ["L-MLO", "R-CC"]
     shown = repo.show_study(study)
     assert shown is not None
-    assert shown["status"] == "complete"
-    assert [e["kind"] for e in shown["events"]] == [
+    assert shown.state == "complete"
+    assert [e.kind for e in shown.events] == [
         "study.created",
         "instance.stored",
         "instance.stored",
@@ -50,7 +52,7 @@ def test_late_instance_reopens_and_bumps_revision(repo: AuditRepository) -> None
     assert len(repo.complete_due_studies(later, quiet_seconds=1)) == 1
     _store(repo, study_uid="1.2.4", laterality="L", view="MLO")
     shown = repo.show_study(study)
-    assert shown is not None and shown["status"] == "receiving"
+    assert shown is not None and shown.state == "receiving"
     again = repo.complete_due_studies(utcnow() + timedelta(seconds=10), quiet_seconds=1)
     assert [(d.revision, d.views) for d in again] == [(2, ["L-CC", "L-MLO"])]
 

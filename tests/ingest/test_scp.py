@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +18,35 @@ from pynetdicom import AE
 from scu import associate, store
 
 from cad_node import dicom_status
+from cad_node.audit.views import StudyDetail
 from cad_node.cli import main
 from cad_node.node import Node
 
 
-def _study(node: Node, uid: str) -> dict[str, Any]:
+def _study(node: Node, uid: str) -> StudyDetail:
     shown = node.repo.show_study(uid)
     assert shown is not None, f"study {uid} unknown"
     return shown
 
 
-def _complete(node: Node, uid: str, timeout: float = 5.0) -> dict[str, Any]:
+def _complete(node: Node, uid: str, timeout: float = 5.0) -> StudyDetail:
     return wait_for(
-        lambda: (s := node.repo.show_study(uid)) and s["status"] == "complete" and s,
+        lambda: (s := node.repo.show_study(uid)) and s.state == "complete" and s,
         timeout=timeout,
     )
+
+
+def test_ingest_does_not_import_the_audit_package() -> None:
+    # Ingest records through the repository it is given; what it shares with audit lives in
+    # cad_node.domain and cad_node.errors. A fresh interpreter shows what importing it loads.
+    probe = (
+        "import sys, cad_node.ingest.scp\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('cad_node.audit', 'sqlalchemy'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.strip() == "[]"
 
 
 def test_node_leaves_the_process_temporary_folder_alone(node: Node) -> None:
@@ -51,8 +67,8 @@ def test_four_views_complete_within_quiet_period(node: Node) -> None:
     assert store(node.scp.port, views) == [dicom_status.SUCCESS] * 4
     uid = views[0].StudyInstanceUID
     study = _complete(node, uid, timeout=node.settings.study_quiet_seconds + 2)
-    assert study["views"] == ["L-CC", "L-MLO", "R-CC", "R-MLO"]
-    assert study["missing_views"] == []
+    assert study.views == ["L-CC", "L-MLO", "R-CC", "R-MLO"]
+    assert study.missing_views == []
     # Each acknowledged file is in the spool, byte-identical in content to what was sent.
     for sent in views:
         path = node.spool.path_of(f"{uid}/{sent.SOPInstanceUID}.dcm")
@@ -84,7 +100,7 @@ def test_compressed_transfer_syntaxes_are_accepted(node: Node, syntax: str) -> N
     ds.compress(syntax)
     assert store(node.scp.port, [ds]) == [dicom_status.SUCCESS]
     study = _study(node, ds.StudyInstanceUID)
-    assert study["instances"][0]["transfer_syntax_uid"] == syntax
+    assert study.instances[0].transfer_syntax_uid == syntax
     saved = dcmread(node.spool.path_of(f"{ds.StudyInstanceUID}/{ds.SOPInstanceUID}.dcm"))
     assert (saved.pixel_array == ds.pixel_array).all()
 
@@ -92,7 +108,7 @@ def test_compressed_transfer_syntaxes_are_accepted(node: Node, syntax: str) -> N
 def test_monochrome1_is_stored_and_analysable(node: Node) -> None:
     ds = mammogram(photometric="MONOCHROME1")
     assert store(node.scp.port, [ds]) == [dicom_status.SUCCESS]
-    assert _study(node, ds.StudyInstanceUID)["instances"][0]["view"] == "L-CC"
+    assert _study(node, ds.StudyInstanceUID).instances[0].view == "L-CC"
 
 
 def test_for_processing_and_missing_views_are_recorded(node: Node) -> None:
@@ -103,9 +119,9 @@ def test_for_processing_and_missing_views_are_recorded(node: Node) -> None:
     ]
     assert store(node.scp.port, sent) == [dicom_status.SUCCESS] * 2
     study = _complete(node, study_uid)
-    assert study["views"] == ["L-CC"]
-    assert study["missing_views"] == ["L-MLO", "R-CC", "R-MLO"]
-    reasons = {i["not_analysed_reason"] for i in study["instances"]}
+    assert study.views == ["L-CC"]
+    assert study.missing_views == ["L-MLO", "R-CC", "R-MLO"]
+    reasons = {i.not_analysed_reason for i in study.instances}
     assert reasons == {None, "For Processing image"}
 
 
@@ -118,10 +134,10 @@ def test_truncated_pixel_data_is_refused_and_node_keeps_serving(node: Node) -> N
         dicom_status.SUCCESS,
     ]
     rejected = [
-        e for e in node.repo.recent_events(level="warning") if e["kind"] == "instance.rejected"
+        e for e in node.repo.recent_events(level="warning") if e.kind == "instance.rejected"
     ]
-    assert rejected and "truncated" in rejected[0]["detail"]
-    assert rejected[0]["sop_instance_uid"] == bad.SOPInstanceUID
+    assert rejected and "truncated" in rejected[0].detail
+    assert rejected[0].sop_instance_uid == bad.SOPInstanceUID
     assert not node.repo.is_stored(bad.SOPInstanceUID)
     assert node.repo.is_stored(good.SOPInstanceUID)
 
@@ -174,7 +190,7 @@ def test_duplicate_is_stored_once(node: Node) -> None:
     ds = mammogram()
     assert store(node.scp.port, [ds, ds]) == [dicom_status.SUCCESS] * 2
     assert store(node.scp.port, [ds]) == [dicom_status.SUCCESS]
-    outcomes = [i["outcome"] for i in _study(node, ds.StudyInstanceUID)["instances"]]
+    outcomes = [i.outcome for i in _study(node, ds.StudyInstanceUID).instances]
     assert outcomes == ["stored", "duplicate", "duplicate"]
     assert len(list(node.spool.root.rglob("*.dcm"))) == 1
 
@@ -184,19 +200,19 @@ def test_study_split_over_two_associations(node: Node) -> None:
     assert store(node.scp.port, views[:2]) == [0, 0]
     assert store(node.scp.port, views[2:]) == [0, 0]
     study = _complete(node, views[0].StudyInstanceUID)
-    assert study["views"] == ["L-CC", "L-MLO", "R-CC", "R-MLO"]
-    assert study["revision"] == 1
+    assert study.views == ["L-CC", "L-MLO", "R-CC", "R-MLO"]
+    assert study.revision == 1
 
 
 def test_late_instance_reopens_study_without_a_second_study(node: Node) -> None:
     views = four_views()
     store(node.scp.port, views[:3])
     uid = views[0].StudyInstanceUID
-    assert _complete(node, uid)["missing_views"] == ["R-MLO"]
+    assert _complete(node, uid).missing_views == ["R-MLO"]
     store(node.scp.port, views[3:])
-    study = wait_for(lambda: (s := _study(node, uid))["revision"] == 2 and s, timeout=5)
-    assert study["status"] == "complete" and study["missing_views"] == []
-    assert [e["kind"] for e in study["events"]].count("study.reopened") == 1
+    study = wait_for(lambda: (s := _study(node, uid)).revision == 2 and s, timeout=5)
+    assert study.state == "complete" and study.missing_views == []
+    assert [e.kind for e in study.events].count("study.reopened") == 1
     assert len(node.repo.list_studies()) == 1
 
 
@@ -207,8 +223,8 @@ def test_unknown_calling_ae_is_rejected_and_audited(node_factory: Any) -> None:
     assert assoc.acceptor.primitive.result_source == 1  # DICOM UL service-user
     assert assoc.acceptor.primitive.diagnostic == 3  # calling AE title not recognised
     event = wait_for(lambda: node.repo.recent_events(level="warning"))[0]
-    assert event["kind"] == "association.rejected" and event["calling_ae"] == "INTRUDER"
-    assert "calling AE title not recognised" in event["detail"]
+    assert event.kind == "association.rejected" and event.calling_ae == "INTRUDER"
+    assert "calling AE title not recognised" in event.detail
     allowed = associate(node.scp.port, calling="MODALITY1")
     assert allowed.is_established
     allowed.release()
@@ -218,9 +234,7 @@ def test_wrong_called_ae_is_rejected(node: Node) -> None:
     assoc = associate(node.scp.port, called="SOMEONEELSE")
     assert assoc.is_rejected
     assert assoc.acceptor.primitive.diagnostic == 7  # called AE title not recognised
-    assert (
-        "called AE title" in wait_for(lambda: node.repo.recent_events(level="warning"))[0]["detail"]
-    )
+    assert "called AE title" in wait_for(lambda: node.repo.recent_events(level="warning"))[0].detail
 
 
 def test_below_disk_reserve_answers_out_of_resources(node_factory: Any) -> None:
@@ -228,7 +242,7 @@ def test_below_disk_reserve_answers_out_of_resources(node_factory: Any) -> None:
     ds = mammogram()
     assert store(node.scp.port, [ds]) == [dicom_status.OUT_OF_RESOURCES]
     event = node.repo.recent_events(level="warning")[0]
-    assert event["kind"] == "instance.rejected" and "reserve" in event["detail"]
+    assert event.kind == "instance.rejected" and "reserve" in event.detail
     assert list(node.spool.incoming.iterdir()) == []
 
 
@@ -286,7 +300,7 @@ def test_disk_full_while_receiving_answers_out_of_resources(
     too_big = mammogram(rows=2048, cols=1024)  # 4 MiB of pixels on a 3 MiB disk
     assert store(node.scp.port, [too_big]) == [dicom_status.OUT_OF_RESOURCES]
     assert list(node.spool.incoming.iterdir()) == []  # the partial file gave its space back
-    event = next(e for e in node.repo.recent_events() if e["kind"] == "instance.rejected")
-    assert event["detail"] == "disk full while receiving"
+    event = next(e for e in node.repo.recent_events() if e.kind == "instance.rejected")
+    assert event.detail == "disk full while receiving"
     # The node keeps serving: an image that fits is stored.
     assert store(node.scp.port, [mammogram()]) == [dicom_status.SUCCESS]

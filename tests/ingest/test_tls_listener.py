@@ -44,7 +44,7 @@ def _client_tls(files: TlsFiles) -> tuple[str, ...]:
 
 
 def _events(node: Node, kind: str) -> list[dict[str, Any]]:
-    return [e for e in node.repo.recent_events(level="warning") if e["kind"] == kind]
+    return [e for e in node.repo.recent_events(level="warning") if e.kind == kind]
 
 
 def test_echoscu_and_storescu_over_tls(
@@ -70,7 +70,7 @@ def test_echoscu_and_storescu_over_tls(
     )
     assert result.returncode == 0, result.stderr
     study = wait_for(lambda: node.repo.show_study(views[0].StudyInstanceUID), timeout=10)
-    assert len(study["instances"]) == 4
+    assert len(study.instances) == 4
     assert _echo(node.scp.port).returncode == 0  # the plain listener is still there
 
 
@@ -82,7 +82,7 @@ def test_plain_client_is_refused_on_the_tls_port(
     result = _echo(node.scp.tls_port)
     assert result.returncode != 0
     event = wait_for(lambda: _events(node, "connection.refused"))[0]
-    assert "TLS handshake failed" in event["detail"]
+    assert "TLS handshake failed" in event.detail
 
 
 def test_mutual_tls_refuses_a_client_without_a_trusted_certificate(
@@ -99,7 +99,7 @@ def test_mutual_tls_refuses_a_client_without_a_trusted_certificate(
     )
     assert untrusted.returncode != 0
     refused = wait_for(lambda: len(found := _events(node, "connection.refused")) >= 2 and found)
-    assert all("TLS handshake failed" in e["detail"] for e in refused)
+    assert all("TLS handshake failed" in e.detail for e in refused)
     trusted = _echo(port, *_client_tls(tls_files))
     assert trusted.returncode == 0, trusted.stderr
 
@@ -128,7 +128,7 @@ def test_a_silent_connection_does_not_hold_up_other_tls_clients(
         assert result.returncode == 0, result.stderr
         assert time.monotonic() - started < 2.5
         event = wait_for(lambda: _events(node, "connection.timed_out"), timeout=10)[0]
-        assert "TLS handshake not complete within 3 s" in event["detail"]
+        assert "TLS handshake not complete within 3 s" in event.detail
         silent.settimeout(5)
         assert silent.recv(1) == b""  # closed by the node
 
@@ -146,4 +146,4 @@ def test_pdu_limits_hold_on_tls_connections(
         answer = sock.recv(100)
     assert answer[:1] == b"\x07"  # A-ABORT
     event = wait_for(lambda: _events(node, "connection.refused"))[0]
-    assert "A-ASSOCIATE-RQ declares 10485760 bytes" in event["detail"]
+    assert "A-ASSOCIATE-RQ declares 10485760 bytes" in event.detail

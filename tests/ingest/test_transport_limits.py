@@ -58,7 +58,7 @@ def _until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, float] | 
 
 
 def _events(node: Node, kind: str) -> list[dict[str, Any]]:
-    return [e for e in node.repo.recent_events() if e["kind"] == kind]
+    return [e for e in node.repo.recent_events() if e.kind == kind]
 
 
 def _echo_works(node: Node) -> bool:
@@ -82,9 +82,9 @@ def test_huge_associate_header_is_refused_before_any_allocation(node: Node) -> N
     assert elapsed < 2
     assert received == A_ABORT_INVALID_PDU_PARAMETER
     [event] = wait_for(lambda: _events(node, "connection.refused"))
-    assert event["level"] == "warning"
-    assert "127.0.0.1" in event["detail"]
-    assert "A-ASSOCIATE-RQ" in event["detail"] and "4294967295" in event["detail"]
+    assert event.level == "warning"
+    assert "127.0.0.1" in event.detail
+    assert "A-ASSOCIATE-RQ" in event.detail and "4294967295" in event.detail
     assert _echo_works(node)
 
 
@@ -111,8 +111,8 @@ def test_oversized_p_data_after_a_valid_association_aborts_it(
     assoc.dul.socket.socket.sendall(struct.pack(">BBL", 0x04, 0, 65536 + 1))
     wait_for(lambda: assoc.is_aborted, timeout=2)
     [event] = wait_for(lambda: _events(node, "connection.refused"))
-    assert "P-DATA-TF" in event["detail"] and "65537" in event["detail"]
-    assert "65536" in event["detail"]
+    assert "P-DATA-TF" in event.detail and "65537" in event.detail
+    assert "65536" in event.detail
     assert _echo_works(node)
 
 
@@ -135,14 +135,14 @@ def test_connections_over_the_per_peer_cap_are_closed_at_once(
                 assert held.recv(1) != b"", "a connection under the cap was closed"
         # One report for the address at its cap, not one per attempt.
         [event] = _events(node, "connection.refused")
-        assert "127.0.0.1" in event["detail"] and "2 connections" in event["detail"]
+        assert "127.0.0.1" in event.detail and "2 connections" in event.detail
     # Once the held connections are gone (their slots free when the node lets go of them,
     # at the latest after the ACSE timeout), a real association works again.
     assert wait_for(lambda: _echo_works(node), timeout=8, interval=0.5)
     summary = wait_for(
-        lambda: [e for e in _events(node, "connection.refused") if "more" in e["detail"]]
+        lambda: [e for e in _events(node, "connection.refused") if "more" in e.detail]
     )
-    assert "refused at the cap" in summary[0]["detail"]
+    assert "refused at the cap" in summary[0].detail
 
 
 def test_refused_connections_give_their_slots_back_at_once(
@@ -177,7 +177,7 @@ def test_an_unknown_pdu_type_is_aborted_at_once(node: Node) -> None:
         else:
             wait_for(lambda a=assoc: a.is_aborted, timeout=2)
     events = wait_for(lambda: len(e := _events(node, "connection.refused")) == 2 and e)
-    assert all("unknown PDU type 0x09" in e["detail"] for e in events)
+    assert all("unknown PDU type 0x09" in e.detail for e in events)
     assert _echo_works(node)
 
 
@@ -197,8 +197,8 @@ def test_p_data_before_an_association_is_held_to_the_association_limit(node: Nod
         closed = _until_closed(sock, timeout=5)
     assert closed is not None and closed[0] == A_ABORT_INVALID_PDU_PARAMETER
     [event] = wait_for(lambda: _events(node, "connection.refused"))
-    assert "P-DATA-TF declares 65537 bytes" in event["detail"]
-    assert "before an association" in event["detail"]
+    assert "P-DATA-TF declares 65537 bytes" in event.detail
+    assert "before an association" in event.detail
 
 
 def test_an_association_request_stalled_midway_is_dropped_after_the_acse_timeout(
@@ -211,8 +211,8 @@ def test_an_association_request_stalled_midway_is_dropped_after_the_acse_timeout
     assert closed is not None, "a peer that stopped mid-PDU kept the connection"
     assert closed[1] < 3
     [event] = wait_for(lambda: _events(node, "connection.timed_out"))
-    assert "127.0.0.1" in event["detail"] and "A-ASSOCIATE-RQ" in event["detail"]
-    assert "20 of 200 bytes" in event["detail"]
+    assert "127.0.0.1" in event.detail and "A-ASSOCIATE-RQ" in event.detail
+    assert "20 of 200 bytes" in event.detail
     assert _echo_works(node)
 
 

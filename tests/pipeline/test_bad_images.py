@@ -22,15 +22,16 @@ from pydicom.uid import RLELossless
 from scu import store
 
 from cad_node.audit.jobs import JobRepository
+from cad_node.audit.views import JobRecord
 from cad_node.reporting import HEATMAP_SC, MAMMO_CAD_SR, TID1500_SR
 
 
-def _finished_job(node: Any, uid: str) -> dict[str, Any]:
-    def finished() -> dict[str, Any] | None:
+def _finished_job(node: Any, uid: str) -> JobRecord:
+    def finished() -> JobRecord | None:
         jobs = JobRepository(node.engine).jobs_of_study(uid)
-        return jobs[0] if jobs and jobs[0]["state"] in ("done", "failed") else None
+        return jobs[0] if jobs and jobs[0].state in ("done", "failed") else None
 
-    job: dict[str, Any] = wait_for(finished, timeout=90)
+    job: JobRecord = wait_for(finished, timeout=90)
     return job
 
 
@@ -39,8 +40,8 @@ def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
     assert not logged, f"traceback logged by {[r.name for r in logged]}"
 
 
-def _objects(node: Any, job: dict[str, Any], kind: str) -> list[Dataset]:
-    folder = node.settings.outbox_dir / f"job-{job['job_id']}"
+def _objects(node: Any, job: JobRecord, kind: str) -> list[Dataset]:
+    folder = node.settings.outbox_dir / f"job-{job.job_id}"
     return [dcmread(p) for p in sorted(folder.iterdir()) if p.name.startswith(f"{kind}_")]
 
 
@@ -57,8 +58,8 @@ def test_invalid_birth_date_in_one_view_still_gives_every_view_a_result(
     with caplog.at_level(logging.WARNING):
         assert store(node.scp.port, views) == [0, 0, 0, 0]
         job = _finished_job(node, uid)
-    assert (job["state"], job["attempts"], job["error"]) == ("done", 1, None)
-    result = job["result"]
+    assert (job.state, job.attempts, job.error) == ("done", 1, None)
+    result = job.result
     assert sorted(i["view"] for i in result["images"]) == ["L-CC", "L-MLO", "R-CC", "R-MLO"]
     assert result["errors"] == []
     objects = [
@@ -118,7 +119,7 @@ def test_an_image_damaged_after_ingest_is_its_own_error(
     uid = views[0].StudyInstanceUID
     ingest = node_factory(pipeline=False)
     assert store(ingest.scp.port, views) == [0, 0, 0, 0]
-    wait_for(lambda: ingest.repo.show_study(uid)["status"] == "complete", timeout=10)
+    wait_for(lambda: ingest.repo.show_study(uid).state == "complete", timeout=10)
     ingest.stop()
     victim = views[1]
     damage(ingest.spool.path_of(f"{uid}/{victim.SOPInstanceUID}.dcm"))
@@ -126,8 +127,8 @@ def test_an_image_damaged_after_ingest_is_its_own_error(
     with caplog.at_level(logging.WARNING):
         node = node_factory(pipeline=True, model=str(tiny_model_folder(tmp_path / "model")))
         job = _finished_job(node, uid)
-    assert (job["state"], job["attempts"], job["error"]) == ("done", 1, None)
-    result = job["result"]
+    assert (job.state, job.attempts, job.error) == ("done", 1, None)
+    result = job.result
     [error] = result["errors"]
     assert error["sop_instance_uid"] == victim.SOPInstanceUID
     assert sorted(i["view"] for i in result["images"]) == ["L-CC", "R-CC", "R-MLO"]

@@ -14,12 +14,13 @@ from receiver import start_receiver
 from scu import store
 
 from cad_node.audit.jobs import JobRepository
+from cad_node.audit.views import JobRecord
 from cad_node.reporting import HEATMAP_SC, MAMMO_CAD_SR, TID1500_SR
 
 
-def _done_jobs(node: Any, uid: str, n: int) -> list[dict[str, Any]]:
+def _done_jobs(node: Any, uid: str, n: int) -> list[JobRecord]:
     jobs = JobRepository(node.engine).jobs_of_study(uid)
-    return jobs if len(jobs) == n and all(j["state"] == "done" for j in jobs) else []
+    return jobs if len(jobs) == n and all(j.state == "done" for j in jobs) else []
 
 
 @pytest.mark.slow
@@ -37,25 +38,25 @@ def test_study_to_reports_at_the_pacs_and_reanalysis_after_a_late_image(
         uid = views[0].StudyInstanceUID
         assert store(node.scp.port, views[:3]) == [0, 0, 0]
         [job] = wait_for(lambda: _done_jobs(node, uid, 1), timeout=60)
-        kinds = sorted(d["kind"] for d in job["deliveries"])
+        kinds = sorted(d.kind for d in job.deliveries)
         assert kinds == sorted([MAMMO_CAD_SR, TID1500_SR] + [HEATMAP_SC] * 3)
-        assert sorted(pacs.received) == sorted(d["sop_instance_uid"] for d in job["deliveries"])
-        result = job["result"]
+        assert sorted(pacs.received) == sorted(d.sop_instance_uid for d in job.deliveries)
+        result = job.result
         assert set(result["breasts"]) == {"L", "R"} and result["missing_views"] == ["R-MLO"]
-        assert job["model"] == {"name": "test-light", "version": "0.0.1"}
+        assert (job.model_name, job.model_version) == ("test-light", "0.0.1")
 
         # A late image: the same study is re-opened and analysed again (revision 2), and
         # the new report names the first one as its predecessor.
         assert store(node.scp.port, views[3:]) == [0]
         jobs = wait_for(lambda: _done_jobs(node, uid, 2), timeout=60)
-        assert [j["revision"] for j in jobs] == [1, 2]
-        assert jobs[1]["result"]["missing_views"] == []
-        first_sr = jobs[0]["report_sop_instance_uid"]
-        second = next(o for o in jobs[1]["deliveries"] if o["kind"] == MAMMO_CAD_SR)
-        path = node.settings.outbox_dir / f"job-{jobs[1]['job_id']}"
+        assert [j.revision for j in jobs] == [1, 2]
+        assert jobs[1].result["missing_views"] == []
+        first_sr = jobs[0].report_sop_instance_uid
+        second = next(o for o in jobs[1].deliveries if o.kind == MAMMO_CAD_SR)
+        path = node.settings.outbox_dir / f"job-{jobs[1].job_id}"
         [sr_file] = [p for p in path.iterdir() if p.name.startswith(MAMMO_CAD_SR)]
         sr = dcmread(sr_file)
-        assert sr.SOPInstanceUID == second["sop_instance_uid"]
+        assert sr.SOPInstanceUID == second.sop_instance_uid
         predecessors = [
             item.ReferencedSOPInstanceUID
             for study in sr.PredecessorDocumentsSequence
@@ -94,13 +95,13 @@ def test_a_study_completed_without_a_job_gets_one_at_the_next_start(
     views = four_views()
     uid = views[0].StudyInstanceUID
     assert store(ingest_only.scp.port, views) == [0, 0, 0, 0]
-    wait_for(lambda: ingest_only.repo.show_study(uid)["status"] == "complete", timeout=10)
+    wait_for(lambda: ingest_only.repo.show_study(uid).state == "complete", timeout=10)
     assert JobRepository(ingest_only.engine).studies_without_job() == [(uid, 1)]
     ingest_only.stop()
 
     node = node_factory(pipeline=True, model=str(tiny_model_folder(tmp_path / "model")))
     [job] = wait_for(lambda: _done_jobs(node, uid, 1), timeout=60)
-    assert job["revision"] == 1 and job["result"]["missing_views"] == []
+    assert job.revision == 1 and job.result["missing_views"] == []
     assert JobRepository(node.engine).studies_without_job() == []
 
 
@@ -125,17 +126,17 @@ def test_results_reach_a_pacs_that_was_down_once_it_is_back(
 
     def retrying() -> bool:
         jobs = JobRepository(node.engine).jobs_of_study(uid)
-        return bool(jobs) and any(d["attempts"] >= 2 for d in jobs[0]["deliveries"])
+        return bool(jobs) and any(d.attempts >= 2 for d in jobs[0].deliveries)
 
     wait_for(retrying, timeout=60)
     [job] = JobRepository(node.engine).jobs_of_study(uid)
-    assert job["state"] == "delivering"
-    assert all("cannot connect" in (d["last_error"] or "") for d in job["deliveries"])
+    assert job.state == "delivering"
+    assert all("cannot connect" in (d.last_error or "") for d in job.deliveries)
 
     pacs = start_receiver("PACS", port=port)  # the PACS is back
     try:
         [job] = wait_for(lambda: _done_jobs(node, uid, 1), timeout=60)
-        assert sorted(pacs.received) == sorted(d["sop_instance_uid"] for d in job["deliveries"])
+        assert sorted(pacs.received) == sorted(d.sop_instance_uid for d in job.deliveries)
         assert len(pacs.received) == 6  # every object once: no duplicates after the retries
     finally:
         pacs.stop()

@@ -23,6 +23,7 @@ from services import Orthanc, Process, Redis, free_port, node_env, serve, wait_l
 
 from cad_node.audit.db import make_engine
 from cad_node.audit.jobs import JobRepository
+from cad_node.audit.views import JobRecord
 from cad_node.sop_classes import MAMMOGRAPHY_FOR_PRESENTATION
 
 MAMMO_CAD_SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.50"
@@ -136,9 +137,9 @@ def _check_results(stack: Stack, views: list[Dataset], results: list[Dataset]) -
     # Orthanc holds the last object as soon as it answers the C-STORE; the node records that
     # send just after, and only then is the job done.
     [job] = wait_for(
-        lambda: [j for j in stack.jobs().jobs_of_study(uid) if j["state"] == "done"], timeout=30
+        lambda: [j for j in stack.jobs().jobs_of_study(uid) if j.state == "done"], timeout=30
     )
-    breasts = job["result"]["breasts"]
+    breasts = job.result["breasts"]
     sr = next(d for d in results if d.SOPClassUID == MAMMO_CAD_SR_CLASS)
     items = list(_walk(sr.ContentSequence))
     scores = sorted(
@@ -149,7 +150,7 @@ def _check_results(stack: Stack, views: list[Dataset], results: list[Dataset]) -
     )
     # Per breast the score, and behind it the score of each image it was derived from.
     expected = [b["score"] for b in breasts.values()]
-    expected += [i["score"] for i in job["result"]["images"]]
+    expected += [i["score"] for i in job.result["images"]]
     assert scores == pytest.approx(sorted(expected), abs=1e-4)
     referenced = {
         ref.ReferencedSOPInstanceUID for i in items for ref in i.get("ReferencedSOPSequence", [])
@@ -174,7 +175,7 @@ def test_orthanc_to_node_to_orthanc_with_redis_and_a_celery_worker(
     study_id, views = _push_four_views(stack)
     _check_results(stack, views, _results_in_orthanc(stack, study_id, 6))
     [job] = stack.jobs().jobs_of_study(views[0].StudyInstanceUID)
-    assert job["worker"] and job["attempts"] == 1
+    assert job.worker and job.attempts == 1
 
 
 def test_orthanc_to_node_to_orthanc_with_the_embedded_queue(stack: Stack) -> None:
@@ -198,7 +199,7 @@ def test_worker_killed_mid_job_completes_once_on_a_new_worker(stack: Stack) -> N
 
     def running() -> bool:
         jobs = stack.jobs().jobs_of_study(uid)
-        return bool(jobs) and jobs[0]["state"] == "running"
+        return bool(jobs) and jobs[0].state == "running"
 
     wait_for(running, timeout=60, interval=0.02)
     first.kill()
@@ -206,7 +207,7 @@ def test_worker_killed_mid_job_completes_once_on_a_new_worker(stack: Stack) -> N
     results = _results_in_orthanc(stack, study_id, 6)
     _check_results(stack, views, results)
     [job] = stack.jobs().jobs_of_study(uid)
-    assert job["attempts"] == 2  # the killed attempt, then the one that finished
+    assert job.attempts == 2  # the killed attempt, then the one that finished
     assert len(stack.orthanc.instances(study_id)) == 4 + 6  # results arrived once
 
 
@@ -226,11 +227,11 @@ def test_the_shipped_models_marks_reach_orthanc_on_the_source_images(stack: Stac
     results = _results_in_orthanc(stack, study_id, 6)
     uid = exam[0].StudyInstanceUID
     [job] = wait_for(
-        lambda: [j for j in stack.jobs().jobs_of_study(uid) if j["state"] == "done"], timeout=30
+        lambda: [j for j in stack.jobs().jobs_of_study(uid) if j.state == "done"], timeout=30
     )
     marks = {
         (i["sop_instance_uid"], d["x"] + 0.5, d["y"] + 0.5)  # Graphic Data: pixel centres + 0.5
-        for i in job["result"]["images"]
+        for i in job.result["images"]
         for d in i["detections"]
     }
     assert marks, "the malignant exam gave no mark (the demo shows several)"
@@ -343,22 +344,22 @@ def test_a_workers_metrics_count_its_jobs_and_a_rerun_via_the_api_reaches_orthan
     queued = json.loads(text)
     assert queued["revision"] == 2 and queued["requested_by"] == "alice (api)"
 
-    def both_done() -> list[dict[str, Any]] | None:
+    def both_done() -> list[JobRecord] | None:
         jobs = stack.jobs().jobs_of_study(uid)
-        return jobs if [j["state"] for j in jobs] == ["done", "done"] else None
+        return jobs if [j.state for j in jobs] == ["done", "done"] else None
 
     results = _results_in_orthanc(stack, study_id, 12)
     first, second = wait_for(both_done, timeout=60)
-    assert second["job_id"] == queued["job_id"] and second["requested_by"] == "alice (api)"
-    assert second["worker"] and second["revision"] == 2
-    new_sr = next(d for d in results if d.SOPInstanceUID == second["report_sop_instance_uid"])
+    assert second.job_id == queued["job_id"] and second.requested_by == "alice (api)"
+    assert second.worker and second.revision == 2
+    new_sr = next(d for d in results if d.SOPInstanceUID == second.report_sop_instance_uid)
     predecessors = [
         item.ReferencedSOPInstanceUID
         for study in new_sr.PredecessorDocumentsSequence
         for series in study.ReferencedSeriesSequence
         for item in series.ReferencedSOPSequence
     ]
-    assert predecessors == [first["report_sop_instance_uid"]]
+    assert predecessors == [first.report_sop_instance_uid]
     status, text = _http(http_port, f"/api/v1/studies/{uid}", token=token)
     events = [e for e in json.loads(text)["events"] if e["kind"] == "job.reanalysis_requested"]
     assert [e["detail"].endswith("requested by alice (api)") for e in events] == [True]
@@ -384,10 +385,10 @@ def test_a_workers_metrics_count_its_jobs_and_a_rerun_via_the_api_reaches_orthan
     assert cli.stdout.strip() == "job 3 (revision 3) queued for the workers"
     _results_in_orthanc(stack, study_id, 18)
     third = wait_for(
-        lambda: [j for j in stack.jobs().jobs_of_study(uid) if j["state"] == "done"][2:],
+        lambda: [j for j in stack.jobs().jobs_of_study(uid) if j.state == "done"][2:],
         timeout=60,
     )
-    assert third[0]["requested_by"] == "bob (cli)" and third[0]["worker"]
+    assert third[0].requested_by == "bob (cli)" and third[0].worker
     after = _scrape(metrics_port)
     assert moved(after, "cad_node_jobs_total", outcome="done") == 3
     assert moved(after, "cad_node_analysis_duration_seconds_count") == 3

@@ -105,7 +105,7 @@ def test_every_page_needs_a_login_and_actions_need_the_csrf_token(node_factory: 
     assert client.login(user="root") == 401
     assert not list(client.jar)
     events = node.repo.recent_events(10, kind="console.")
-    assert [e["kind"] for e in events] == ["console.login_failed"] * 2
+    assert [e.kind for e in events] == ["console.login_failed"] * 2
     assert all(TOKEN not in str(e) and "not-the-token" not in str(e) for e in events)
 
     assert client.login() == 303
@@ -127,7 +127,7 @@ def test_every_page_needs_a_login_and_actions_need_the_csrf_token(node_factory: 
     status, headers, _ = client.request("/actions/resend", {"csrf": client.csrf()})
     assert (status, headers["location"]) == (303, "/?resent=0")
     [requeued] = node.repo.recent_events(10, kind="delivery.requeued")
-    assert requeued["detail"] == "0 object(s) (all failed) by ops"
+    assert requeued.detail == "0 object(s) (all failed) by ops"
     assert client.request("/logout", {"csrf": client.csrf()})[0] == 303
     assert client.request("/")[0] == 303  # the cookie is gone
 
@@ -159,7 +159,7 @@ def test_a_rerun_is_refused_while_the_study_receives_images(node_factory: Any) -
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 409
     assert b"receiving images" in refused.value.read()
-    assert node.repo.show_study(uid)["revision"] == 0
+    assert node.repo.show_study(uid).revision == 0
     assert JobRepository(node.engine).jobs_of_study(uid) == []
 
 
@@ -220,9 +220,9 @@ def test_in_a_browser_log_in_see_the_heatmap_and_resend(node_factory: Any, tmp_p
     assert store(node.scp.port, views) == [0, 0, 0, 0]
     jobs = JobRepository(node.engine)
     [job] = wait_for(
-        lambda: [j for j in jobs.jobs_of_study(uid) if j["state"] == "failed"], timeout=90
+        lambda: [j for j in jobs.jobs_of_study(uid) if j.state == "failed"], timeout=90
     )
-    assert {d["state"] for d in job["deliveries"]} == {"failed"} and len(job["deliveries"]) == 6
+    assert {d.state for d in job.deliveries} == {"failed"} and len(job.deliveries) == 6
     pacs = start_receiver("PACS", port=pacs_port)
     base = f"http://127.0.0.1:{node.web.port}"
     driver = _browser(tmp_path / "chromium")
@@ -236,6 +236,7 @@ def test_in_a_browser_log_in_see_the_heatmap_and_resend(node_factory: Any, tmp_p
         # a click returns before the page it leads to has loaded: poll for that page
         wait_for(lambda: driver.current_url == f"{base}/studies", timeout=15)
         assert uid in driver.page_source
+        assert '<td class="state-failed">failed</td>' in driver.page_source  # its newest job
         _screenshot(driver, tmp_path, "studies.png")
         driver.get(f"{base}/")
         assert "Deliveries" in driver.page_source and "smoke-test model" in driver.page_source
@@ -278,9 +279,7 @@ def test_in_a_browser_log_in_see_the_heatmap_and_resend(node_factory: Any, tmp_p
         driver.find_element(By.CSS_SELECTOR, "#reanalyse button").click()
         wait_for(lambda: "Re-analysis queued as job 2." in driver.page_source, timeout=15)
         wait_for(lambda: len(pacs.received) == 12, timeout=60)
-        wait_for(
-            lambda: [j["state"] for j in jobs.jobs_of_study(uid)] == ["done", "done"], timeout=30
-        )
+        wait_for(lambda: [j.state for j in jobs.jobs_of_study(uid)] == ["done", "done"], timeout=30)
         driver.refresh()
         assert "Re-analysis requested by <strong>ops</strong>" in driver.page_source
         assert "revision 2: the same instances analysed again, requested by ops" in (
@@ -294,7 +293,7 @@ def test_in_a_browser_log_in_see_the_heatmap_and_resend(node_factory: Any, tmp_p
         driver.quit()
         pacs.stop()
     first, rerun = jobs.jobs_of_study(uid)
-    assert (first["state"], rerun["state"], rerun["requested_by"]) == ("done", "done", "ops")
+    assert (first.state, rerun.state, rerun.requested_by) == ("done", "done", "ops")
 
 
 def test_config_hash_password_prints_a_hash_that_logs_in() -> None:

@@ -22,6 +22,7 @@ from scu import associate, store
 from services import Redis, free_port
 
 from cad_node.audit.jobs import JobRepository
+from cad_node.audit.views import JobRecord
 from cad_node.cli import main
 
 TOKEN = "s3cret-test-token"
@@ -164,7 +165,7 @@ def test_a_study_moves_the_counters_and_the_api_shows_what_the_cli_shows(
         assert store(node.scp.port, views) == [0, 0, 0, 0]
         jobs = JobRepository(node.engine)
         [job] = wait_for(
-            lambda: [j for j in jobs.jobs_of_study(uid) if j["state"] == "done"], timeout=60
+            lambda: [j for j in jobs.jobs_of_study(uid) if j.state == "done"], timeout=60
         )
         after = scrape(port)
     finally:
@@ -173,7 +174,7 @@ def test_a_study_moves_the_counters_and_the_api_shows_what_the_cli_shows(
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    n_objects = len(job["deliveries"])
+    n_objects = len(job.deliveries)
     assert n_objects == 6  # two SRs and a heatmap per view
     status, study = get_json(port, f"/api/v1/studies/{uid}", TOKEN)
     assert status == 200
@@ -318,9 +319,9 @@ def test_a_rerun_via_the_api_and_the_cli_sends_new_srs_that_name_the_previous_on
         assert store(node.scp.port, views) == [0, 0, 0, 0]
         jobs = JobRepository(node.engine)
 
-        def done(n: int) -> list[dict[str, Any]]:
+        def done(n: int) -> list[JobRecord]:
             found = jobs.jobs_of_study(uid)
-            return found if len(found) == n and all(j["state"] == "done" for j in found) else []
+            return found if len(found) == n and all(j.state == "done" for j in found) else []
 
         wait_for(lambda: done(1), timeout=60)
         assert post_json(port, path, {}, TOKEN) == (
@@ -346,11 +347,11 @@ def test_a_rerun_via_the_api_and_the_cli_sends_new_srs_that_name_the_previous_on
     finally:
         pacs.stop()
 
-    assert [j["requested_by"] for j in all_jobs] == [None, "api", "carol (cli)"]
+    assert [j.requested_by for j in all_jobs] == [None, "api", "carol (cli)"]
     assert len(pacs.received) == 3 * 6  # every job's objects, each once
     for previous, job in itertools.pairwise(all_jobs):
-        sr_uid = job["report_sop_instance_uid"]
-        [sr_file] = (node.settings.outbox_dir / f"job-{job['job_id']}").glob(f"{MAMMO_CAD_SR}_*")
+        sr_uid = job.report_sop_instance_uid
+        [sr_file] = (node.settings.outbox_dir / f"job-{job.job_id}").glob(f"{MAMMO_CAD_SR}_*")
         sr = dcmread(sr_file)
         assert sr.SOPInstanceUID == sr_uid
         # the PACS holds exactly this SR, and it names the previous job's SR
@@ -362,7 +363,7 @@ def test_a_rerun_via_the_api_and_the_cli_sends_new_srs_that_name_the_previous_on
             for series in study.ReferencedSeriesSequence
             for item in series.ReferencedSOPSequence
         ]
-        assert predecessors == [previous["report_sop_instance_uid"]]
+        assert predecessors == [previous.report_sop_instance_uid]
     status, study = get_json(port, f"/api/v1/studies/{uid}", TOKEN)
     asked = [e["detail"] for e in study["events"] if e["kind"] == "job.reanalysis_requested"]
     assert status == 200
