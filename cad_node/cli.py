@@ -18,9 +18,8 @@ from cad_node.errors import ConfigError
 from cad_node.settings import Settings, load_settings
 
 if TYPE_CHECKING:  # pydicom and SQLAlchemy load when a command needs them, not for --help
-    from pydicom.dataset import Dataset
-
     from cad_node.audit.repository import AuditRepository
+    from cad_node.inference.model import CadModel
 
 
 class Context:
@@ -396,22 +395,6 @@ def config_hash_password(password: str) -> None:
     click.echo(hash_password(password))
 
 
-def _read_inputs(paths: tuple[Path, ...]) -> list[Dataset]:
-    from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
-
-    files: list[Path] = []
-    for path in paths:
-        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
-    found: list[Dataset] = []
-    for file in files:
-        try:
-            found.append(dcmread(file, defer_size="1 MB"))
-        except (InvalidDicomError, OSError):
-            click.echo(f"skipping {file}: not a DICOM file", err=True)
-    return found
-
-
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
@@ -456,71 +439,32 @@ def predict(
 
     INPUTS are files or folders (searched recursively). Decision support, not a diagnosis.
     """
-    from collections import defaultdict
-
-    from PIL import Image
-
-    from cad_node.assembly import patient_key
     from cad_node.errors import ModelError
     from cad_node.inference.model import load_cad_model
-    from cad_node.inference.predict import analyse_study
-    from cad_node.model_folder import validation_warning
+    from cad_node.offline import OfflineOptions, analyse_offline, read_inputs
     from cad_node.results import DECISION_SUPPORT
 
     settings = ctx.settings
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    path = model_path or settings.model_path
     try:
-        model = load_cad_model(path, settings.device)
+        model = load_cad_model(model_path or settings.model_path, settings.device)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
-    warning = validation_warning(model.manifest)
-    groups: dict[str, list[Dataset]] = defaultdict(list)
-    for ds in _read_inputs(inputs):
-        key = patient_key(ds) if group_by == "patient" else str(ds.get("StudyInstanceUID", ""))
-        groups[key or "unknown"].append(ds)
-
-    studies = []
-    for key, datasets in groups.items():
-        # Results go into the study of the group's first image (with --group-by patient the
-        # images may come from several studies).
-        uid = str(datasets[0].get("StudyInstanceUID", key))
-        want_maps = heatmap_dir is not None or dicom_dir is not None
-        analysis = analyse_study(uid, datasets, model, heatmaps=want_maps)
-        studies.append(analysis)
-        if dicom_dir is not None and (analysis.images or analysis.errors):
-            from cad_node.reporting import Algorithm, build_result_objects
-
-            out = dicom_dir / _safe_name(uid)
-            out.mkdir(parents=True, exist_ok=True)
-            for kind, obj in build_result_objects(analysis, datasets, Algorithm.from_model(model)):
-                obj.save_as(out / f"{kind}_{obj.SOPInstanceUID}.dcm", enforce_file_format=True)
-        if heatmap_dir is not None:
-            from cad_node.reporting import Algorithm
-            from cad_node.reporting.common import AnalysedImage
-            from cad_node.reporting.overlay import overlay_pixels
-
-            folder = heatmap_dir / _safe_name(uid)
-            folder.mkdir(parents=True, exist_ok=True)
-            algorithm = Algorithm.from_model(model)
-            sources = {str(ds.SOPInstanceUID): ds for ds in datasets}
-            for image in analysis.images:
-                # the same labelled overlay, marks included, as the heatmap secondary capture
-                rgb = overlay_pixels(
-                    AnalysedImage(image, sources[image.sop_instance_uid]), algorithm
-                )
-                Image.fromarray(rgb).save(folder / f"{image.view}_{image.sop_instance_uid}.png")
-
+    identity = _model_identity(model)
+    found = read_inputs(inputs)
+    for file in found.skipped:
+        click.echo(f"skipping {file}: not a DICOM file", err=True)
+    options = OfflineOptions(
+        group_by="patient" if group_by == "patient" else "study",
+        heatmap_dir=heatmap_dir,
+        dicom_dir=dicom_dir,
+    )
+    studies = analyse_offline(found.datasets, model, options)
     if as_json:
         click.echo(
             json.dumps(
                 {
-                    "model": {
-                        "name": model.name,
-                        "version": model.version,
-                        "threshold": model.threshold,
-                        "not_validated": warning,
-                    },
+                    "model": identity,
                     "notice": DECISION_SUPPORT,
                     "studies": [s.to_dict() for s in studies],
                 },
@@ -531,8 +475,8 @@ def predict(
     click.echo(
         f"model {model.name} {model.version} (threshold {model.threshold:.3f}); {DECISION_SUPPORT}"
     )
-    if warning:
-        click.echo(f"WARNING: {warning}.")
+    if identity["not_validated"]:
+        click.echo(f"WARNING: {identity['not_validated']}.")
     for s in studies:
         exam = "-" if s.exam_score is None else f"{s.exam_score:.3f}"
         click.echo(
@@ -554,8 +498,16 @@ def predict(
         click.echo(f"DICOM result objects in {dicom_dir}")
 
 
-def _safe_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in text) or "study"
+def _model_identity(model: CadModel) -> dict[str, str | float | None]:
+    """The model as ``predict --json`` names it (and whether it is not validated)."""
+    from cad_node.model_folder import validation_warning
+
+    return {
+        "name": model.name,
+        "version": model.version,
+        "threshold": model.threshold,
+        "not_validated": validation_warning(model.manifest),
+    }
 
 
 @main.command()

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from certs import TlsFiles, make_tls_files
 from peers import dcmtk_tool
 from postgres import PostgresCluster, server_bin

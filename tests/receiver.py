@@ -43,6 +43,8 @@ class Receiver:
     """The Study Instance UID of each object, in the same order."""
     on_store: Callable[[str], None] | None = None
     """Called with each SOP Instance UID once recorded, before the response is sent."""
+    status: int = 0x0000
+    """The C-STORE status it answers (a test sets a refusal or a warning)."""
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -66,7 +68,7 @@ def start_receiver(
         receiver.received.append(uid)
         if receiver.on_store is not None:
             receiver.on_store(uid)
-        return 0x0000
+        return receiver.status
 
     receiver.server = ae.start_server(
         ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
