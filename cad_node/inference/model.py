@@ -21,7 +21,12 @@ from torch import nn
 from cad_node.breast_score import BreastCombiner
 from cad_node.errors import ModelError
 from cad_node.inference.preprocess import PreprocessConfig
-from cad_node.model_folder import default_model_path, load_model_folder, validation_warning
+from cad_node.model_folder import (
+    Manifest,
+    default_model_path,
+    load_model_folder,
+    validation_warning,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +86,7 @@ class CadModel:
     """A model ready for inference on one device."""
 
     module: nn.Module
-    manifest: dict[str, Any]
+    manifest: Manifest
     device: torch.device
     path: Path
     cam_layer: str = field(default="")
@@ -89,37 +94,36 @@ class CadModel:
 
     @property
     def name(self) -> str:
-        return str(self.manifest["name"])
+        return self.manifest.name
 
     @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        return self.manifest.version
 
     @property
     def threshold(self) -> float:
         """Operating point: a score at or above it is flagged suspicious."""
-        return float(self.manifest["threshold"])
+        return self.manifest.threshold
 
     @property
     def positive_class(self) -> str:
-        return str(self.manifest["positive_class"])
+        return self.manifest.positive_class
 
     @property
     def has_lesion_map(self) -> bool:
         """Whether the model outputs a lesion map (then no Grad-CAM is needed)."""
-        return self.manifest.get("output") == "score+lesion_map"
+        return self.manifest.localises
 
     @property
     def combiner(self) -> BreastCombiner | None:
         """How a breast's score is made from its film logits (and the other breast's)."""
-        data = self.manifest.get("breast_combiner")
-        return BreastCombiner.from_dict(data) if data else None
+        return self.manifest.combiner
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
         """The preprocessing the model was trained with (input spacing and size)."""
-        spec = self.manifest["input"]
-        return PreprocessConfig(spacing_mm=float(spec["spacing_mm"]), size=tuple(spec["size"]))
+        spec = self.manifest.input
+        return PreprocessConfig(spacing_mm=spec.spacing_mm, size=spec.size)
 
     def _input(self, batch: npt.NDArray[np.float32]) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
@@ -143,7 +147,7 @@ class CadModel:
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
         """Image logits (N,), lesion probability maps (N, h, w) at the map's stride and
         breast masks (N, h, w) of a lesion model, from one forward pass."""
-        channel = int(self.manifest.get("lesion_map", {}).get("channel", 0))
+        channel = self.manifest.lesion.channel
         module: Any = self.module
         with torch.inference_mode():
             maps, mask = module.lesion_maps(self._input(batch))
@@ -195,12 +199,12 @@ class CadModel:
     @property
     def detection_threshold(self) -> float:
         """Lesion-map score from which a local maximum is reported as a detection."""
-        return float(self.manifest.get("lesion_map", {}).get("detection_threshold", 0.5))
+        return self.manifest.lesion.detection_threshold
 
     @property
     def map_stride(self) -> int:
         """Model pixels per lesion-map cell."""
-        return int(self.manifest.get("lesion_map", {}).get("stride", 1))
+        return self.manifest.lesion.stride
 
     def _gradcam(self) -> Any:
         """MONAI's GradCAM for this model, made once (it registers hooks on the module).
@@ -235,16 +239,13 @@ def load_cad_model(path: Path | None = None, device: str = "auto") -> CadModel:
     """Load and verify a model folder (default: ``models/DEFAULT``) onto ``device``."""
     folder = path or default_model_path()
     module, manifest = load_model_folder(folder)
-    for key in ("name", "version"):
-        if len(str(manifest[key])) > 64:  # DICOM LO, as written in every result object
-            raise ModelError(f"model {key} {str(manifest[key])[:20]!r}... exceeds 64 characters")
     target = resolve_device(device)
     module = module.to(target).eval()
     module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     model = CadModel(module=module, manifest=manifest, device=target, path=Path(folder))
     if model.has_lesion_map:
         if not hasattr(module, "lesion_maps"):
-            raise ModelError(f"{manifest['architecture']} does not output a lesion map")
+            raise ModelError(f"{manifest.architecture} does not output a lesion map")
         log.info("model %s %s on %s (lesion map)", model.name, model.version, target)
     else:
         model.cam_layer = find_cam_layer(module, model.preprocess_config.size)

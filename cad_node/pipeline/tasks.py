@@ -135,7 +135,7 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
             model={
                 "name": model.name,
                 "version": model.version,
-                "sha256": str(model.manifest.get("weights_sha256", "")),
+                "sha256": model.manifest.weights_sha256,
             },
             objects=objects,
             destinations=[str(d) for d in ctx.settings.destinations],

@@ -103,8 +103,8 @@ def model_status(ctx: WebContext) -> dict[str, Any]:
     except (ModelError, OSError, ValueError) as exc:
         return {"name": None, "version": None, "warning": f"no model ({type(exc).__name__})"}
     return {
-        "name": manifest.get("name"),
-        "version": manifest.get("version"),
+        "name": manifest.name,
+        "version": manifest.version,
         "warning": validation_warning(manifest),
     }
 

@@ -13,12 +13,12 @@ def test_the_installed_default_model_loads_verified_and_matches_its_card() -> No
     folder = default_model_path()
     assert folder.parent == MODELS_DIR
     manifest = read_manifest(folder)
-    assert not manifest.get("smoke_test")
+    assert not manifest.smoke_test
     assert (folder / "weights.safetensors").stat().st_size <= 50 * 2**20
-    assert manifest["training_data"]["n_images"] == 258
-    auc = manifest["metrics"]["cross_validated"]["auc"]
+    assert manifest.training_data["n_images"] == 258
+    auc = manifest.metrics.cross_validated["auc"]
     card = (folder / "MODEL_CARD.md").read_text()
-    assert f"{auc['value']:.3f}" in card
+    assert f"{auc.value:.3f}" in card
     assert "research use only" in card
     assert "not a diagnosis" in card
     if validation_warning(manifest):  # the card must say what the node warns about

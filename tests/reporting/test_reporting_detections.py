@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from cad_node.reporting import ReportingError, build_result_objects
 from cad_node.reporting.common import Algorithm
 from cad_node.results import Finding, ImageFailure, StudyAnalysis
+from tests.model_factory import in_memory_manifest
 
 PLAIN = Algorithm(name="bright-spot", version="1.2.3", threshold=0.5)
 LOCALISING = Algorithm(name="lesion-map", version="2.0.0", threshold=0.5, localises=True)
@@ -359,7 +360,9 @@ def test_algorithm_from_model_knows_whether_it_localises() -> None:
         name, version, threshold = "m", "1", 0.5
 
         def __init__(self, lesion_map: bool) -> None:
-            self.manifest: dict[str, str] = {}
+            self.manifest = in_memory_manifest(
+                name="m", version="1", threshold=0.5, input={"spacing_mm": 1, "size": [8, 8]}
+            )
             self.has_lesion_map = lesion_map
 
     assert Algorithm.from_model(Stub(True)).localises  # type: ignore[arg-type]
