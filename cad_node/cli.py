@@ -464,7 +464,6 @@ def predict(
     from cad_node.errors import ModelError
     from cad_node.inference.model import load_cad_model
     from cad_node.inference.predict import analyse_study
-    from cad_node.model_folder import validation_warning
     from cad_node.results import DECISION_SUPPORT
 
     settings = ctx.settings
@@ -474,7 +473,7 @@ def predict(
         model = load_cad_model(path, settings.device)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
-    warning = validation_warning(model.manifest)
+    warning = model.info.warning
     groups: dict[str, list[Dataset]] = defaultdict(list)
     for ds in _read_inputs(inputs):
         key = patient_key(ds) if group_by == "patient" else str(ds.get("StudyInstanceUID", ""))
@@ -515,12 +514,7 @@ def predict(
         click.echo(
             json.dumps(
                 {
-                    "model": {
-                        "name": model.name,
-                        "version": model.version,
-                        "threshold": model.threshold,
-                        "not_validated": warning,
-                    },
+                    "model": model.info.summary(),
                     "notice": DECISION_SUPPORT,
                     "studies": [s.to_dict() for s in studies],
                 },

@@ -3,6 +3,7 @@ reported."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,10 @@ from cad_node.errors import ModelError
 from cad_node.model_folder import (
     MODELS_DIR,
     Manifest,
+    ModelInfo,
     OutputKind,
     default_model_path,
+    model_info,
     read_manifest,
     validation_warning,
 )
@@ -111,3 +114,31 @@ def test_older_classifier_manifests_name_their_output_kind() -> None:
     legacy = {**manifest_with_auc(0.8, 0.7, 0.9).to_dict()}
     legacy["output"] = "sigmoid probability of the positive class"
     assert Manifest.from_dict(legacy).output is OutputKind.SCORE
+
+
+def test_model_info_of_the_shipped_model() -> None:
+    manifest = read_manifest(default_model_path())
+    info = model_info()
+    assert info == ModelInfo.of(manifest)
+    assert (info.name, info.version) == ("mias-lite0-lesion", "0.3.0")
+    assert info.sha256 == manifest.weights_sha256 and len(info.sha256) == 64
+    assert info.threshold == manifest.threshold
+    assert info.localises and info.detection_threshold == manifest.lesion.detection_threshold
+    assert info.validated is (validation_warning(manifest) is None)
+    assert info.warning == validation_warning(manifest)
+    assert info.job_record() == {"name": info.name, "version": info.version, "sha256": info.sha256}
+    assert list(info.summary()) == ["name", "version", "threshold", "not_validated"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.threshold = 0.1  # type: ignore[misc]
+
+
+def test_model_info_of_an_unvalidated_score_model_says_why() -> None:
+    info = ModelInfo.of(manifest_with_auc(0.55, 0.45, 0.65))
+    assert not info.validated and "not shown to be better than chance" in str(info.warning)
+    assert not info.localises and info.detection_threshold is None
+    assert info.summary()["not_validated"] == info.warning
+
+
+def test_model_info_keeps_to_dicom_long_strings() -> None:
+    with pytest.raises(ModelError, match=r"model name 'x{20}'\.\.\. exceeds 64"):
+        ModelInfo(name="x" * 65, version="1", sha256="0" * 64, threshold=0.5)

@@ -21,12 +21,7 @@ from torch import nn
 from cad_node.breast_score import BreastCombiner
 from cad_node.errors import ModelError
 from cad_node.inference.preprocess import PreprocessConfig
-from cad_node.model_folder import (
-    Manifest,
-    default_model_path,
-    load_model_folder,
-    validation_warning,
-)
+from cad_node.model_folder import Manifest, ModelInfo, default_model_path, load_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +85,25 @@ class CadModel:
     device: torch.device
     path: Path
     cam_layer: str = field(default="")
+    info: ModelInfo = field(init=False)
+    """The model's identity as every output gives it, built once from the manifest."""
     _cam: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.info = ModelInfo.of(self.manifest)
 
     @property
     def name(self) -> str:
-        return self.manifest.name
+        return self.info.name
 
     @property
     def version(self) -> str:
-        return self.manifest.version
+        return self.info.version
 
     @property
     def threshold(self) -> float:
         """Operating point: a score at or above it is flagged suspicious."""
-        return self.manifest.threshold
+        return self.info.threshold
 
     @property
     def positive_class(self) -> str:
@@ -253,7 +253,6 @@ def load_cad_model(path: Path | None = None, device: str = "auto") -> CadModel:
             "model %s %s on %s (Grad-CAM layer %s)",
             model.name, model.version, target, model.cam_layer,
         )  # fmt: skip
-    warning = validation_warning(manifest)
-    if warning:
-        log.warning("%s", warning)
+    if model.info.warning:
+        log.warning("%s", model.info.warning)
     return model

@@ -10,6 +10,7 @@ downloaded at run time.
 - ``manifest.py``: :class:`Manifest` (typed, validated, frozen), read and written; the
   validation warning.
 - ``folder.py``: the models directory, the default model, sha256-verified loading.
+- ``info.py``: :class:`ModelInfo`, the model's identity as every output gives it.
 """
 
 from cad_node.model_folder.folder import (
@@ -21,6 +22,7 @@ from cad_node.model_folder.folder import (
     model_warning,
     sha256_file,
 )
+from cad_node.model_folder.info import ModelInfo, model_info
 from cad_node.model_folder.manifest import (
     FORMAT_VERSION,
     MANIFEST,
@@ -43,9 +45,11 @@ __all__ = [
     "LesionMapSpec",
     "Manifest",
     "Metrics",
+    "ModelInfo",
     "OutputKind",
     "default_model_path",
     "load_model_folder",
+    "model_info",
     "model_warning",
     "read_manifest",
     "sha256_file",
