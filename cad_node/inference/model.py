@@ -35,10 +35,11 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def find_cam_layer(module: nn.Module, size: tuple[int, int]) -> str:
+def find_cam_layer(module: nn.Module, size: tuple[int, int], score_output: int = 0) -> str:
     """The last module (in execution order) with a spatial 4-D output: Grad-CAM's target.
 
-    Found by one dry run, which also checks that the model gives one logit per image.
+    Found by one dry run, which also checks that the model's logits per image include
+    ``score_output`` (the manifest's index of the positive class's score).
     """
     order: list[str] = []
     hooks = []
@@ -58,8 +59,11 @@ def find_cam_layer(module: nn.Module, size: tuple[int, int]) -> str:
     finally:
         for h in hooks:
             h.remove()
-    if outputs != 1:
-        raise ModelError(f"the model gives {outputs} outputs per image; expected one logit")
+    if not 0 <= score_output < outputs:
+        raise ModelError(
+            f"the model gives {outputs} output(s) per image; its manifest's score_output "
+            f"{score_output} is not one of them"
+        )
     if not order:
         raise ModelError("the model has no spatial layer for Grad-CAM")
     return order[-1]
@@ -140,7 +144,7 @@ class CadModel:
         """Probability of the positive class for a (N, 1, H, W) batch."""
         with torch.inference_mode():
             logits = self.module(self._input(batch))
-        return self._probabilities(logits)
+        return self._probabilities(logits.reshape(len(batch), -1)[:, self.manifest.score_output])
 
     def lesion_maps(
         self, batch: npt.NDArray[np.float32]
@@ -178,8 +182,8 @@ class CadModel:
             # Expected: the graph is re-rooted at the target layer (see _gradcam), so the
             # full backward hook fires with respect to module outputs only.
             warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
-            maps = cam(x=x, class_idx=0)
-            logit = cam.nn_module.score
+            maps = cam(x=x, class_idx=self.manifest.score_output)
+            logit = cam.nn_module.score  # the score_output column of the logits
         self.module.zero_grad(set_to_none=True)
         heat: npt.NDArray[np.float32] = maps[:, 0].detach().float().cpu().numpy()
         if logit is not None:
@@ -248,7 +252,9 @@ def load_cad_model(path: Path | None = None, device: str = "auto") -> CadModel:
             raise ModelError(f"{manifest.architecture} does not output a lesion map")
         log.info("model %s %s on %s (lesion map)", model.name, model.version, target)
     else:
-        model.cam_layer = find_cam_layer(module, model.preprocess_config.size)
+        model.cam_layer = find_cam_layer(
+            module, model.preprocess_config.size, model.manifest.score_output
+        )
         log.info(
             "model %s %s on %s (Grad-CAM layer %s)",
             model.name, model.version, target, model.cam_layer,
