@@ -38,6 +38,7 @@ from cad_node.inference.preprocess import (
     pixels_from_dataset,
     preprocess_dataset,
 )
+from cad_node.model_folder import InputSpec, Manifest, Metrics
 from cad_node.reporting import Algorithm, build_result_objects
 from cad_node.results import Finding, ImageResult, StudyAnalysis
 from cad_node.training.architectures import build_model
@@ -66,13 +67,21 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeat: int = 10) -> float:
 
 def gradcam_reference(size: int = 512) -> CadModel:
     module = build_model("densenet121").eval().to(memory_format=torch.channels_last)
-    manifest = {
-        "name": "densenet121-untrained (Grad-CAM timing reference)",
-        "version": "-",
-        "threshold": 0.5,
-        "positive_class": "malignant",
-        "input": {"spacing_mm": 0.4, "size": [size, size]},
-    }
+    manifest = Manifest(
+        name="densenet121-untrained (Grad-CAM timing reference)",
+        version="-",
+        architecture="densenet121",
+        architecture_kwargs={},
+        input=InputSpec(spacing_mm=0.4, size=(size, size)),
+        class_names=("not_malignant", "malignant"),
+        positive_class="malignant",
+        threshold=0.5,
+        training_data={"description": "none: untrained"},
+        metrics=Metrics(),
+        smoke_test=True,
+        weights_sha256="0" * 64,
+        created="-",
+    )
     model = CadModel(module, manifest, torch.device("cpu"), Path("."))
     model.cam_layer = find_cam_layer(module, (size, size))
     return model

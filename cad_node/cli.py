@@ -19,7 +19,6 @@ from cad_node.settings import Settings, load_settings
 
 if TYPE_CHECKING:  # pydicom and SQLAlchemy load when a command needs them, not for --help
     from cad_node.audit.repository import AuditRepository
-    from cad_node.inference.model import CadModel
 
 
 class Context:
@@ -450,7 +449,6 @@ def predict(
         model = load_cad_model(model_path or settings.model_path, settings.device)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
-    identity = _model_identity(model)
     found = read_inputs(inputs)
     for file in found.skipped:
         click.echo(f"skipping {file}: not a DICOM file", err=True)
@@ -464,7 +462,7 @@ def predict(
         click.echo(
             json.dumps(
                 {
-                    "model": identity,
+                    "model": model.info.summary(),
                     "notice": DECISION_SUPPORT,
                     "studies": [s.to_dict() for s in studies],
                 },
@@ -475,8 +473,8 @@ def predict(
     click.echo(
         f"model {model.name} {model.version} (threshold {model.threshold:.3f}); {DECISION_SUPPORT}"
     )
-    if identity["not_validated"]:
-        click.echo(f"WARNING: {identity['not_validated']}.")
+    if model.info.warning:
+        click.echo(f"WARNING: {model.info.warning}.")
     for s in studies:
         exam = "-" if s.exam_score is None else f"{s.exam_score:.3f}"
         click.echo(
@@ -496,18 +494,6 @@ def predict(
         click.echo(f"\nheatmap overlays in {heatmap_dir}")
     if dicom_dir is not None:
         click.echo(f"DICOM result objects in {dicom_dir}")
-
-
-def _model_identity(model: CadModel) -> dict[str, str | float | None]:
-    """The model as ``predict --json`` names it (and whether it is not validated)."""
-    from cad_node.model_folder import validation_warning
-
-    return {
-        "name": model.name,
-        "version": model.version,
-        "threshold": model.threshold,
-        "not_validated": validation_warning(model.manifest),
-    }
 
 
 @main.command()

@@ -25,7 +25,7 @@ from cad_node.assembly import identify, patient_key
 from cad_node.audit.jobs import JobRepository
 from cad_node.audit.views import JobRecord, StudySummary
 from cad_node.domain import JobState, StudyState
-from cad_node.model_folder import model_warning
+from cad_node.model_folder import model_info
 from cad_node.node import Node
 from cad_node.results import DECISION_SUPPORT
 from cad_node.settings import Settings
@@ -191,7 +191,7 @@ def run_demo(
             echo(f"\nheatmap montage (marks, where the model localises, as circles): {picture}")
         echo(CAVEAT)
         echo(DECISION_SUPPORT)
-        warning = model_warning(settings.model_path)
+        warning = model_info(settings.model_path).warning
         if warning:
             echo(f"WARNING: {warning}.")
         return 0 if all(j.state == JobState.DONE for j in finished.values()) else 1

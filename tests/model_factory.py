@@ -9,10 +9,30 @@ import torch
 from torch import nn
 
 from cad_node.inference.model import CadModel, find_cam_layer
+from cad_node.model_folder import Manifest
 from cad_node.training import architectures
 from cad_node.training.export import export_model_folder
 
 SIZE = (64, 64)
+
+
+def in_memory_manifest(**fields: Any) -> Manifest:
+    """The manifest of a model built in a test rather than read from a folder: ``fields``
+    over placeholders for what only a folder has (weights' sha256, training data)."""
+    return Manifest.model_validate(
+        {
+            "architecture": "test-only",
+            "architecture_kwargs": {},
+            "class_names": ["not_malignant", "malignant"],
+            "positive_class": "malignant",
+            "training_data": {"description": "none: a model built in a test"},
+            "metrics": {},
+            "smoke_test": True,
+            "weights_sha256": "0" * 64,
+            "created": "-",
+            **fields,
+        }
+    )
 
 
 class BrightSpotNet(nn.Module):
@@ -36,13 +56,12 @@ class BrightSpotNet(nn.Module):
 
 def bright_spot_model(threshold: float = 0.5) -> CadModel:
     """A CadModel around BrightSpotNet: bright structure drives score and heatmap."""
-    manifest = {
-        "name": "bright-spot",
-        "version": "test",
-        "threshold": threshold,
-        "positive_class": "malignant",
-        "input": {"spacing_mm": 0.8, "size": list(SIZE)},
-    }
+    manifest = in_memory_manifest(
+        name="bright-spot",
+        version="test",
+        threshold=threshold,
+        input={"spacing_mm": 0.8, "size": list(SIZE)},
+    )
     model = CadModel(BrightSpotNet().eval(), manifest, torch.device("cpu"), Path("."))
     model.cam_layer = find_cam_layer(model.module, SIZE)
     return model
@@ -97,14 +116,13 @@ def bright_spot_lesion_model(
     threshold: float = 0.5, size: tuple[int, int] = (256, 192)
 ) -> CadModel:
     """A CadModel around BrightSpotLesionNet, with a lesion map and a breast combiner."""
-    manifest = {
-        "name": "bright-spot-lesion",
-        "version": "test",
-        "threshold": threshold,
-        "positive_class": "malignant",
-        "input": {"spacing_mm": 0.4, "size": list(size)},
-        "output": "score+lesion_map",
-        "lesion_map": {"stride": 16, "channels": ["abnormal", "malignant"], "channel": 1},
-        "breast_combiner": LESION_COMBINER,
-    }
+    manifest = in_memory_manifest(
+        name="bright-spot-lesion",
+        version="test",
+        threshold=threshold,
+        input={"spacing_mm": 0.4, "size": list(size)},
+        output="score+lesion_map",
+        lesion_map={"stride": 16, "channels": ["abnormal", "malignant"], "channel": 1},
+        breast_combiner=LESION_COMBINER,
+    )
     return CadModel(BrightSpotLesionNet().eval(), manifest, torch.device("cpu"), Path("."))

@@ -21,7 +21,7 @@ from torch import nn
 from cad_node.breast_score import BreastCombiner
 from cad_node.errors import ModelError
 from cad_node.inference.preprocess import PreprocessConfig
-from cad_node.model_folder import default_model_path, load_model_folder, validation_warning
+from cad_node.model_folder import Manifest, ModelInfo, default_model_path, load_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,11 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def find_cam_layer(module: nn.Module, size: tuple[int, int]) -> str:
+def find_cam_layer(module: nn.Module, size: tuple[int, int], score_output: int = 0) -> str:
     """The last module (in execution order) with a spatial 4-D output: Grad-CAM's target.
 
-    Found by one dry run, which also checks that the model gives one logit per image.
+    Found by one dry run, which also checks that the model's logits per image include
+    ``score_output`` (the manifest's index of the positive class's score).
     """
     order: list[str] = []
     hooks = []
@@ -58,8 +59,11 @@ def find_cam_layer(module: nn.Module, size: tuple[int, int]) -> str:
     finally:
         for h in hooks:
             h.remove()
-    if outputs != 1:
-        raise ModelError(f"the model gives {outputs} outputs per image; expected one logit")
+    if not 0 <= score_output < outputs:
+        raise ModelError(
+            f"the model gives {outputs} output(s) per image; its manifest's score_output "
+            f"{score_output} is not one of them"
+        )
     if not order:
         raise ModelError("the model has no spatial layer for Grad-CAM")
     return order[-1]
@@ -81,45 +85,49 @@ class CadModel:
     """A model ready for inference on one device."""
 
     module: nn.Module
-    manifest: dict[str, Any]
+    manifest: Manifest
     device: torch.device
     path: Path
     cam_layer: str = field(default="")
+    info: ModelInfo = field(init=False)
+    """The model's identity as every output gives it, built once from the manifest."""
     _cam: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.info = ModelInfo.of(self.manifest)
 
     @property
     def name(self) -> str:
-        return str(self.manifest["name"])
+        return self.info.name
 
     @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        return self.info.version
 
     @property
     def threshold(self) -> float:
         """Operating point: a score at or above it is flagged suspicious."""
-        return float(self.manifest["threshold"])
+        return self.info.threshold
 
     @property
     def positive_class(self) -> str:
-        return str(self.manifest["positive_class"])
+        return self.manifest.positive_class
 
     @property
     def has_lesion_map(self) -> bool:
         """Whether the model outputs a lesion map (then no Grad-CAM is needed)."""
-        return self.manifest.get("output") == "score+lesion_map"
+        return self.manifest.localises
 
     @property
     def combiner(self) -> BreastCombiner | None:
         """How a breast's score is made from its film logits (and the other breast's)."""
-        data = self.manifest.get("breast_combiner")
-        return BreastCombiner.from_dict(data) if data else None
+        return self.manifest.combiner
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
         """The preprocessing the model was trained with (input spacing and size)."""
-        spec = self.manifest["input"]
-        return PreprocessConfig(spacing_mm=float(spec["spacing_mm"]), size=tuple(spec["size"]))
+        spec = self.manifest.input
+        return PreprocessConfig(spacing_mm=spec.spacing_mm, size=spec.size)
 
     def _input(self, batch: npt.NDArray[np.float32]) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
@@ -136,14 +144,14 @@ class CadModel:
         """Probability of the positive class for a (N, 1, H, W) batch."""
         with torch.inference_mode():
             logits = self.module(self._input(batch))
-        return self._probabilities(logits)
+        return self._probabilities(logits.reshape(len(batch), -1)[:, self.manifest.score_output])
 
     def lesion_maps(
         self, batch: npt.NDArray[np.float32]
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
         """Image logits (N,), lesion probability maps (N, h, w) at the map's stride and
         breast masks (N, h, w) of a lesion model, from one forward pass."""
-        channel = int(self.manifest.get("lesion_map", {}).get("channel", 0))
+        channel = self.manifest.lesion.channel
         module: Any = self.module
         with torch.inference_mode():
             maps, mask = module.lesion_maps(self._input(batch))
@@ -174,8 +182,8 @@ class CadModel:
             # Expected: the graph is re-rooted at the target layer (see _gradcam), so the
             # full backward hook fires with respect to module outputs only.
             warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
-            maps = cam(x=x, class_idx=0)
-            logit = cam.nn_module.score
+            maps = cam(x=x, class_idx=self.manifest.score_output)
+            logit = cam.nn_module.score  # the score_output column of the logits
         self.module.zero_grad(set_to_none=True)
         heat: npt.NDArray[np.float32] = maps[:, 0].detach().float().cpu().numpy()
         if logit is not None:
@@ -195,12 +203,12 @@ class CadModel:
     @property
     def detection_threshold(self) -> float:
         """Lesion-map score from which a local maximum is reported as a detection."""
-        return float(self.manifest.get("lesion_map", {}).get("detection_threshold", 0.5))
+        return self.manifest.lesion.detection_threshold
 
     @property
     def map_stride(self) -> int:
         """Model pixels per lesion-map cell."""
-        return int(self.manifest.get("lesion_map", {}).get("stride", 1))
+        return self.manifest.lesion.stride
 
     def _gradcam(self) -> Any:
         """MONAI's GradCAM for this model, made once (it registers hooks on the module).
@@ -235,24 +243,22 @@ def load_cad_model(path: Path | None = None, device: str = "auto") -> CadModel:
     """Load and verify a model folder (default: ``models/DEFAULT``) onto ``device``."""
     folder = path or default_model_path()
     module, manifest = load_model_folder(folder)
-    for key in ("name", "version"):
-        if len(str(manifest[key])) > 64:  # DICOM LO, as written in every result object
-            raise ModelError(f"model {key} {str(manifest[key])[:20]!r}... exceeds 64 characters")
     target = resolve_device(device)
     module = module.to(target).eval()
     module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     model = CadModel(module=module, manifest=manifest, device=target, path=Path(folder))
     if model.has_lesion_map:
         if not hasattr(module, "lesion_maps"):
-            raise ModelError(f"{manifest['architecture']} does not output a lesion map")
+            raise ModelError(f"{manifest.architecture} does not output a lesion map")
         log.info("model %s %s on %s (lesion map)", model.name, model.version, target)
     else:
-        model.cam_layer = find_cam_layer(module, model.preprocess_config.size)
+        model.cam_layer = find_cam_layer(
+            module, model.preprocess_config.size, model.manifest.score_output
+        )
         log.info(
             "model %s %s on %s (Grad-CAM layer %s)",
             model.name, model.version, target, model.cam_layer,
         )  # fmt: skip
-    warning = validation_warning(manifest)
-    if warning:
-        log.warning("%s", warning)
+    if model.info.warning:
+        log.warning("%s", model.info.warning)
     return model

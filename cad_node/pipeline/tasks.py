@@ -132,11 +132,7 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
             job_id,
             attempt=start.attempt,
             result=analysis.to_dict(),
-            model={
-                "name": model.name,
-                "version": model.version,
-                "sha256": str(model.manifest.get("weights_sha256", "")),
-            },
+            model=model.info.job_record(),
             objects=objects,
             destinations=[str(d) for d in ctx.settings.destinations],
         )

@@ -31,6 +31,7 @@ from cad_node.results import DECISION_SUPPORT, Finding, ImageResult, StudyAnalys
 
 if TYPE_CHECKING:
     from cad_node.inference.model import CadModel
+    from cad_node.model_folder import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ def fit_lo(template: str, label: str) -> str:
 
 @dataclass(frozen=True)
 class Algorithm:
-    """The model that produced an analysis, as the result objects name it."""
+    """The model that produced an analysis, as the result objects name it (see
+    :meth:`of`: derived from the model's :class:`~cad_node.model_folder.ModelInfo`)."""
 
     name: str
     version: str
@@ -95,17 +97,20 @@ class Algorithm:
             raise ValueError(f"threshold {self.threshold!r} is outside [0, 1]")
 
     @classmethod
-    def from_model(cls, model: CadModel) -> Algorithm:
-        from cad_node.model_folder import validation_warning
-
-        caveat = NOT_VALIDATED if validation_warning(model.manifest) else ""
+    def of(cls, info: ModelInfo) -> Algorithm:
+        """The algorithm of a model: its identity, and :data:`NOT_VALIDATED` unless it is
+        validated."""
         return cls(
-            model.name,
-            model.version,
-            model.threshold,
-            caveat=caveat,
-            localises=model.has_lesion_map,
+            info.name,
+            info.version,
+            info.threshold,
+            caveat="" if info.validated else NOT_VALIDATED,
+            localises=info.localises,
         )
+
+    @classmethod
+    def from_model(cls, model: CadModel) -> Algorithm:
+        return cls.of(model.info)
 
     @property
     def caveat_sentence(self) -> str:

@@ -81,26 +81,25 @@ def evaluate_model_folder(
 
     model_dir = model_dir or default_model_path()
     manifest = read_manifest(model_dir)
-    if manifest.get("task") not in (None, task):
-        log.warning("model was trained for task %r, evaluated on %r", manifest.get("task"), task)
+    if manifest.task not in (None, task):
+        log.warning("model was trained for task %r, evaluated on %r", manifest.task, task)
     samples = dsets.load_samples(labels_csv, images_root, layout)
     y = dsets.targets(samples, task)
     froc_result = None
-    if manifest.get("output") == "score+lesion_map":
+    if manifest.localises:
         scores, froc_result = _lesion_scores(model_dir, samples, task, lesions_csv, progress)
     else:
         if lesions_csv is not None:
-            log.warning("%s gives no detections: no FROC", manifest["name"])
+            log.warning("%s gives no detections: no FROC", manifest.name)
         model, manifest = load_model_folder(model_dir)
-        size = manifest["input"]["size"]
         images = dsets.preprocess_samples(
             samples,
-            float(manifest["input"]["spacing_mm"]),
-            (int(size[0]), int(size[1])),
+            manifest.input.spacing_mm,
+            manifest.input.size,
             progress=progress,
         )
         scores = predict_proba(model, torch.from_numpy(images)).numpy().astype(np.float64)
-    cut = float(manifest["threshold"]) if threshold is None else threshold
+    cut = manifest.threshold if threshold is None else threshold
     point = M.binary_metrics(y, scores, cut)
     groups = [s.patient_id for s in samples]
     auc_ci = M.bootstrap_ci(y, scores, M.roc_auc, groups=groups, n_boot=n_boot, seed=seed)
@@ -116,7 +115,7 @@ def evaluate_model_folder(
         "threshold": cut,
         "n_positive": int(y.sum()),
         "task": task,
-        "model": f"{manifest['name']} {manifest['version']}",
+        "model": f"{manifest.name} {manifest.version}",
         **({"froc": froc_result} if froc_result is not None else {}),
     }
 

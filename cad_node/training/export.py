@@ -1,7 +1,8 @@
 """Model folders: ``weights.safetensors`` + ``manifest.json`` + ``MODEL_CARD.md``.
 
-The node's inference loader reads these folders with :func:`load_model_folder`, which refuses
-weights whose sha256 differs from the manifest.
+The manifest is written through :class:`cad_node.model_folder.Manifest`; the node reads these
+folders with :func:`cad_node.model_folder.load_model_folder`, which refuses weights whose
+sha256 differs from the manifest.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from cad_node.errors import ModelError
 from cad_node.model_folder import (
     CARD,
     FORMAT_VERSION,
     MANIFEST,
-    REQUIRED_KEYS,
     WEIGHTS,
+    Manifest,
     sha256_file,
 )
 
@@ -185,12 +185,18 @@ def export_model_folder(
     out_dir: Path,
     manifest: Mapping[str, Any],
 ) -> Path:
-    """Write weights, manifest (with sha256 and creation time) and model card into ``out_dir``."""
-    missing = [
-        k for k in REQUIRED_KEYS if k not in manifest and k not in {"weights_sha256", "created"}
-    ]
-    if missing:
-        raise ModelError(f"manifest lacks {missing}")
+    """Write weights, manifest (with sha256 and creation time) and model card into ``out_dir``.
+
+    The manifest is validated as a :class:`Manifest` before anything is written, so a folder
+    written here always reads back; ModelError names a bad or missing field.
+    """
+    unchecked = {
+        "format_version": FORMAT_VERSION,
+        "weights_sha256": "0" * 64,  # the real values once the weights are written
+        "created": "-",
+        **manifest,
+    }
+    Manifest.from_dict(unchecked, source="manifest to export")
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -201,8 +207,9 @@ def export_model_folder(
     full["weights_sha256"] = sha256_file(weights)
     full["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     full.setdefault("parameters", sum(p.numel() for p in model.parameters()))
-    (out_dir / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
-    (out_dir / CARD).write_text(model_card(full))
+    written = Manifest.from_dict(full, source="manifest to export")
+    (out_dir / MANIFEST).write_text(written.to_json())
+    (out_dir / CARD).write_text(model_card(written.to_dict()))
     return out_dir
 
 

@@ -833,7 +833,7 @@ def export_best(
         "architecture_kwargs": chosen.kwargs,
         "task": cfg.task,
         "input": {"spacing_mm": cfg.spacing_mm, "size": list(cfg.size), "channels": 1},
-        "output": "sigmoid probability of the positive class",
+        "output": "score",
         "class_names": list(names),
         "positive_class": names[1],
         "threshold": chosen.threshold,

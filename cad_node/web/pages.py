@@ -96,17 +96,13 @@ def _safe_next(target: str) -> str:
 
 def model_status(ctx: WebContext) -> dict[str, Any]:
     """The configured model's name, version and validation status, from its manifest."""
-    from cad_node.model_folder import default_model_path, read_manifest, validation_warning
+    from cad_node.model_folder import model_info
 
     try:
-        manifest = read_manifest(ctx.settings.model_path or default_model_path())
+        info = model_info(ctx.settings.model_path)
     except (ModelError, OSError, ValueError) as exc:
         return {"name": None, "version": None, "warning": f"no model ({type(exc).__name__})"}
-    return {
-        "name": manifest.get("name"),
-        "version": manifest.get("version"),
-        "warning": validation_warning(manifest),
-    }
+    return {"name": info.name, "version": info.version, "warning": info.warning}
 
 
 def thumbnail_png(path: str) -> bytes:

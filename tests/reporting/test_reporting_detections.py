@@ -15,9 +15,11 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from cad_node.model_folder import Manifest, ModelInfo
 from cad_node.reporting import ReportingError, build_result_objects
-from cad_node.reporting.common import Algorithm
+from cad_node.reporting.common import NOT_VALIDATED, Algorithm
 from cad_node.results import Finding, ImageFailure, StudyAnalysis
+from tests.model_factory import in_memory_manifest
 
 PLAIN = Algorithm(name="bright-spot", version="1.2.3", threshold=0.5)
 LOCALISING = Algorithm(name="lesion-map", version="2.0.0", threshold=0.5, localises=True)
@@ -354,16 +356,18 @@ def test_a_centre_off_the_image_is_moved_to_its_edge(
     assert "off image" in caplog.text
 
 
-def test_algorithm_from_model_knows_whether_it_localises() -> None:
-    class Stub:
-        name, version, threshold = "m", "1", 0.5
-
-        def __init__(self, lesion_map: bool) -> None:
-            self.manifest: dict[str, str] = {}
-            self.has_lesion_map = lesion_map
-
-    assert Algorithm.from_model(Stub(True)).localises  # type: ignore[arg-type]
-    assert not Algorithm.from_model(Stub(False)).localises  # type: ignore[arg-type]
+def test_algorithm_of_a_model_knows_whether_it_localises_and_is_validated() -> None:
+    plain = in_memory_manifest(
+        name="m", version="1", threshold=0.5, input={"spacing_mm": 1, "size": [8, 8]}
+    )
+    lesion = Manifest.from_dict(
+        {**plain.to_dict(), "output": "score+lesion_map", "lesion_map": {"stride": 4}}
+    )
+    assert Algorithm.of(ModelInfo.of(lesion)).localises
+    algorithm = Algorithm.of(ModelInfo.of(plain))
+    assert not algorithm.localises
+    assert algorithm.caveat == NOT_VALIDATED  # a smoke-test model
+    assert (algorithm.name, algorithm.version, algorithm.threshold) == ("m", "1", 0.5)
 
 
 def test_dsr2html_renders_the_coordinates_of_every_detection(

@@ -51,7 +51,7 @@ def test_train_fast_writes_table_and_model(trained: tuple[Result, Path, Path]) -
         assert f"| {row} |" in result.output
     for name in ("comparison.csv", "comparison.md", "roc.png", "oof_predictions.csv"):
         assert (report / name).is_file()
-    _model, manifest = load_model_folder(model_dir)
+    manifest = load_model_folder(model_dir)[1].to_dict()  # validated, as written
     assert manifest["smoke_test"] is True
     assert manifest["input"] == {"spacing_mm": 3.2, "size": [64, 64], "channels": 1}
     assert "auc" in manifest["metrics"]["cross_validated"]
@@ -171,7 +171,7 @@ def test_train_lesion_model_exports_map_and_combiner(
     froc = summary["results"]["lite0-lesion"]["froc"]
     assert froc["fp_per_image"] == [0.25, 0.5, 1.0, 2.0, 4.0] and len(froc["sensitivity"]) == 5
     assert froc["n_lesions"] == 3  # malignant findings with a centre among the 12 films
-    _model, manifest = load_model_folder(model_dir)
+    manifest = load_model_folder(model_dir)[1].to_dict()  # validated, as written
     assert manifest["architecture"] == "lite0-lesion"
     assert manifest["output"] == "score+lesion_map"
     assert manifest["breast_combiner"]["use_other"] is True

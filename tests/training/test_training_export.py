@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cad_node.errors import ModelError
-from cad_node.model_folder import load_model_folder
+from cad_node.model_folder import load_model_folder, read_manifest
 from cad_node.training import architectures as A
 from cad_node.training.export import export_model_folder
 
@@ -40,11 +40,13 @@ def test_round_trip_and_tamper(tmp_path: Path) -> None:
     assert "research use" in card.lower() or "licence" in card.lower()
     assert "not a diagnosis" in card and "Smoke-test" in card
 
+    assert read_manifest(folder).to_dict() == manifest  # what export writes reads back
+
     loaded, m2 = load_model_folder(folder)
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x))
-    assert m2["threshold"] == 0.5
+    assert m2.threshold == 0.5
 
     weights = folder / "weights.safetensors"
     data = bytearray(weights.read_bytes())
@@ -63,3 +65,11 @@ def test_missing_or_broken_folder(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps({"name": "x"}))
     with pytest.raises(ModelError, match="lacks"):
         load_model_folder(tmp_path)
+
+
+def test_export_refuses_a_bad_manifest_before_writing(tmp_path: Path) -> None:
+    model = A.build_model("light", **A.default_kwargs("light", fast=True)).eval()
+    bad = {**_manifest(), "input": {"spacing_mm": -1.0, "size": [64, 64]}}
+    with pytest.raises(ModelError, match=r"manifest to export is invalid: input\.spacing_mm"):
+        export_model_folder(model, tmp_path / "m", bad)
+    assert not (tmp_path / "m").exists()
