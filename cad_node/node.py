@@ -129,6 +129,7 @@ class Node:
             ae_title=settings.ae_title,
             allowed_calling_aes=tuple(settings.allowed_calling_aes),
             atna=self.atna,
+            slow_store_seconds=settings.slow_store_seconds,
         )
         self.scp = StorageSCP(settings, ctx)  # builds the TLS context: bad files fail here
         self.monitor = StudyMonitor(self.repo, settings.study_quiet_seconds, self._on_complete)

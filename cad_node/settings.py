@@ -165,6 +165,9 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="an idle association ends; a PDU must arrive within it"
     )
     min_free_mb: int = Field(default=256, ge=0, description="refuse to store below this")
+    slow_store_seconds: float = Field(
+        default=5.0, gt=0, description="a C-STORE taking longer logs one warning with its phases"
+    )
     atna_url: str = Field(
         default="",
         description="IHE ATNA audit repository: syslog+tls://HOST:6514 or syslog+udp://HOST:514;"

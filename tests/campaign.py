@@ -570,6 +570,8 @@ class FuzzReport:
     rss_after: int = 0
     tracebacks: int = 0
     phi: list[str] = field(default_factory=list)
+    slow_stores: list[str] = field(default_factory=list)
+    """The node's "slow C-STORE" warnings: where a slow store's time went."""
     seconds: float = 0.0
 
     @property
@@ -602,6 +604,8 @@ class FuzzReport:
         )
         lines.append(f"tracebacks logged: {self.tracebacks}")
         lines.append("patient data in logs/audit DB: " + (", ".join(self.phi) or "none"))
+        lines.append(f"slow C-STOREs: {len(self.slow_stores)}")
+        lines += [f"  {line}" for line in self.slow_stores]
         return "\n".join(lines)
 
 
@@ -689,6 +693,7 @@ def run_fuzz(
     log = node.log()
     report.tracebacks = log.count("Traceback")
     report.phi = phi_hits({"serve.log": log, "audit DB": database_text(node.data)})
+    report.slow_stores = [line for line in log.splitlines() if "slow C-STORE" in line]
     report.seconds = time.monotonic() - started
     return report
 

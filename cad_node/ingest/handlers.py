@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -73,6 +74,40 @@ class IngestContext:
     allowed_calling_aes: tuple[AllowedCallingAE, ...]
     atna: AuditTrail = field(default_factory=AuditTrail)
     """IHE ATNA audit messages (disabled by default)."""
+    slow_store_seconds: float = 5.0
+    """A C-STORE taking longer than this logs one warning with the time of each phase."""
+
+
+class StoreTimer:
+    """Where a C-STORE's time went: the seconds between marks, named by the phase they end."""
+
+    def __init__(self) -> None:
+        self._start = self._last = time.monotonic()
+        self.phases: list[tuple[str, float]] = []
+
+    def mark(self, phase: str) -> None:
+        """End ``phase`` now."""
+        now = time.monotonic()
+        self.phases.append((phase, now - self._last))
+        self._last = now
+
+    @property
+    def total(self) -> float:
+        return self._last - self._start
+
+    def report_if_slow(self, threshold: float, sop_uid: str, status: int) -> None:
+        """One warning when the store took longer than ``threshold`` seconds."""
+        self.mark("rest")
+        if self.total <= threshold:
+            return
+        phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.phases)
+        log.warning(
+            "slow C-STORE of instance %s: %.1f s (%s); answered 0x%04X",
+            sop_uid,
+            self.total,
+            phases,
+            status,
+        )
 
 
 def _peer(event: Any) -> tuple[str, str]:
@@ -87,6 +122,18 @@ def handle_echo(event: Any, ctx: IngestContext) -> int:
 
 def handle_store(event: Any, ctx: IngestContext) -> int:
     """C-STORE: answer Success only once the instance is durable on disk and recorded."""
+    timer = StoreTimer()
+    status = dicom_status.PROCESSING_FAILURE
+    try:
+        status = _store(event, ctx, timer)
+        return status
+    finally:
+        timer.report_if_slow(
+            ctx.slow_store_seconds, str(event.request.AffectedSOPInstanceUID or ""), status
+        )
+
+
+def _store(event: Any, ctx: IngestContext, timer: StoreTimer) -> int:
     calling_ae, peer = _peer(event)
     request = event.request
     sop_uid = str(request.AffectedSOPInstanceUID or "")
@@ -105,13 +152,16 @@ def handle_store(event: Any, ctx: IngestContext) -> int:
         check_uids(ds, sop_class_uid=sop_class, sop_instance_uid=sop_uid)
         check_pixel_data(ds)
         check_pixels_decode(ds, received)
+        timer.mark("check")
         info = identify(ds)
         study_uid = info.study_instance_uid
         ctx.repo.check_patient(study_uid, info.patient)  # before a duplicate is acknowledged
         if ctx.repo.is_stored(sop_uid):
             return _duplicate(ctx, calling_ae, peer, sop_uid, sop_class, study_uid)
         digest = received_file.sha256 if received_file is not None else None
+        timer.mark("lookup")
         stored = ctx.spool.commit(received, study_uid, sop_uid, transfer_syntax, sha256=digest)
+        timer.mark("spool")
         try:
             reopened = ctx.repo.record_stored(
                 info, stored, status=dicom_status.SUCCESS, calling_ae=calling_ae, peer=peer
@@ -122,6 +172,7 @@ def handle_store(event: Any, ctx: IngestContext) -> int:
             if not ctx.repo.is_stored(sop_uid):
                 ctx.spool.path_of(stored.path).unlink(missing_ok=True)
             raise
+        timer.mark("record")
         ctx.atna.instance_received(event.assoc, calling_ae, peer, info)
         log.info(
             "stored instance %s of study %s (%s, %.1f MB) from %s%s",

@@ -20,6 +20,7 @@ from scu import associate, store
 from cad_node import dicom_status
 from cad_node.audit.views import StudyDetail
 from cad_node.cli import main
+from cad_node.ingest.handlers import StoreTimer
 from cad_node.node import Node
 
 
@@ -304,3 +305,31 @@ def test_disk_full_while_receiving_answers_out_of_resources(
     assert event.detail == "disk full while receiving"
     # The node keeps serving: an image that fits is stored.
     assert store(node.scp.port, [mammogram()]) == [dicom_status.SUCCESS]
+
+
+def test_a_slow_store_logs_where_its_time_went(
+    node_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = node_factory(slow_store_seconds=1e-6)  # every store is "slow"
+    good, bad = mammogram(), mammogram()
+    del bad.StudyInstanceUID
+    with caplog.at_level("WARNING", logger="cad_node.ingest.handlers"):
+        statuses = store(node.scp.port, [good, bad])
+    assert statuses == [dicom_status.SUCCESS, dicom_status.CANNOT_UNDERSTAND_MISSING_UID]
+    slow = [r.getMessage() for r in caplog.records if "slow C-STORE" in r.getMessage()]
+    assert len(slow) == 2
+    stored, refused = slow
+    assert good.SOPInstanceUID in stored and "answered 0x0000" in stored
+    for phase in ("check", "lookup", "spool", "record", "rest"):
+        assert f"{phase} " in stored
+    assert "spool" not in refused and "answered 0xC" in refused
+    assert str(good.PatientName) not in stored  # UIDs and timings only
+
+
+def test_a_store_within_the_threshold_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    timer = StoreTimer()
+    timer.mark("check")
+    with caplog.at_level("WARNING", logger="cad_node.ingest.handlers"):
+        timer.report_if_slow(3600.0, "1.2.3", dicom_status.SUCCESS)
+    assert not caplog.records
+    assert [name for name, _ in timer.phases] == ["check", "rest"]
