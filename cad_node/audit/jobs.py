@@ -330,13 +330,14 @@ class JobRepository:
 
         Only the worker holding the job's current ``attempt`` may finish it: a stale worker (one
         presumed dead whose task was redelivered) gets :class:`StaleJobError` and its results
-        are discarded, so a job's results are recorded and sent once.
+        are discarded, so a job's results are recorded and sent once; so does a job id that
+        was never recorded.
         """
         now = utcnow()
         with self._sessions.begin() as session:
             job = _locked_job(session, job_id)
             if job is None:
-                raise KeyError(job_id)
+                raise StaleJobError(f"job {job_id} is not recorded")
             if job.state != JobState.RUNNING or job.attempts != attempt:
                 raise StaleJobError(f"job {job_id} attempt {attempt} is no longer current")
             job.result = result

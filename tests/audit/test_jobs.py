@@ -148,6 +148,10 @@ def test_only_the_current_attempt_may_finish_a_job(
     jobs.finish_analysis(job, attempt=2, result={}, model={}, objects=[sr], destinations=[])
     [recorded] = jobs.jobs_of_study(UID)
     assert recorded.state == JobState.DONE
+    with pytest.raises(StaleJobError, match="not recorded"):
+        jobs.finish_analysis(
+            job + 99, attempt=1, result={}, model={}, objects=[sr], destinations=[]
+        )
 
 
 def test_a_stale_attempts_failure_leaves_the_job_to_the_current_one(
