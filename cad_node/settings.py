@@ -18,7 +18,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from cad_node.atna import Destination as AtnaDestination
 from cad_node.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("config/cad-node.toml")
@@ -227,6 +226,9 @@ class Settings(BaseSettings):
     def _check_atna_url(cls, value: str) -> str:
         value = value.strip()
         if value:
+            # Imported here: the ATNA module reads DICOM, which settings alone must not load.
+            from cad_node.atna import Destination as AtnaDestination
+
             try:
                 AtnaDestination.parse(value)
             except ConfigError as exc:

@@ -1,4 +1,6 @@
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,16 @@ def test_the_config_file_lists_every_setting() -> None:
     text = (Path(__file__).resolve().parents[1] / "config" / "cad-node.toml").read_text()
     keys = re.findall(r"^# ([a-z_]+) = ", text, flags=re.MULTILINE)
     assert sorted(keys) == sorted(Settings.model_fields)
+
+
+def test_loading_settings_does_not_import_dicom_or_torch() -> None:
+    """Settings are loaded by every command; the DICOM and model stacks load only where used."""
+    code = (
+        "import sys\n"
+        "import cad_node.settings\n"
+        "print(sorted(m for m in ('pydicom', 'pynetdicom', 'torch') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.splitlines()[-1] == "[]"
