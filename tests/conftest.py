@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 from certs import TlsFiles, make_tls_files
-from peers import dcmtk_tool
+from helpers import make_settings, missing_peer
 from postgres import PostgresCluster, server_bin
 
 from cad_node.node import Node
 from cad_node.settings import Settings
-
-IN_CI = bool(os.environ.get("CI"))
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_MAMMO = Path(
-    os.environ.get("CAD_NODE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data" / "mammo")
-)
-"""Real mammography samples (mini-MIAS, NYU GMIC exam), beside the checkout as ``../shared``."""
 
 
 @pytest.fixture(autouse=True)
@@ -33,32 +25,16 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.chdir(tmp_path)
 
 
-def _missing_peer(message: str) -> NoReturn:
-    """A peer the tests need is not installed: a skip locally, a failure in CI."""
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def require_dcmtk(name: str) -> str:
-    """The path of a dcmtk tool; missing is a skip locally but a failure in CI."""
-    path = dcmtk_tool(name)
-    if path is None:
-        _missing_peer(f"dcmtk's {name} not installed (scripts/bootstrap --test installs it)")
-    assert path is not None
-    return path
-
-
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgresCluster]:
     """A throw-away PostgreSQL server for the session, started on first use."""
     bindir = server_bin()
     if bindir is None:
-        _missing_peer("PostgreSQL not installed (scripts/bootstrap --test installs it)")
+        missing_peer("PostgreSQL not installed (scripts/bootstrap --test installs it)")
     try:
         import psycopg  # noqa: F401
     except ImportError:
-        _missing_peer("psycopg not installed (scripts/bootstrap --test installs .[postgres])")
+        missing_peer("psycopg not installed (scripts/bootstrap --test installs .[postgres])")
     assert bindir is not None
     cluster = PostgresCluster(bindir)
     try:
@@ -92,19 +68,6 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
-def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "data_dir": data_dir,
-        "host": "127.0.0.1",
-        "port": 0,
-        "study_quiet_seconds": 1.0,
-        "min_free_mb": 0,
-        "http_port": 0,  # tests that want the web server pass a free port
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path / "data")
@@ -134,14 +97,3 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
 @pytest.fixture
 def node(node_factory: Callable[..., Node]) -> Node:
     return node_factory()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll until ``predicate`` returns something truthy; fail clearly after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")

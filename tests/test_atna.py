@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from delivery.test_outbox import FAST_RETRY, _job_with_objects
 from factories import four_views
+from helpers import wait_for
 from receiver import start_receiver
 from scu import associate, store
 from syslog_receiver import SyslogReceiver, start_rsyslog

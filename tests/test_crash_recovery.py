@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from factories import four_views
+from helpers import wait_for
 from model_factory import tiny_model_folder
 from pydicom import dcmread
 from receiver import dataset_bytes, start_receiver

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import make_settings
+from helpers import make_settings
 from model_factory import tiny_model_folder
 from PIL import Image
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from certs import TlsFiles
-from conftest import make_settings, wait_for
+from helpers import make_settings, wait_for
 from pynetdicom.association import Association
 from services import free_port
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 
 from cad_node.cli import main
 from cad_node.settings import Settings

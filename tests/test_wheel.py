@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, wait_for
 from factories import mammogram, write
+from helpers import REPO_ROOT, wait_for
 from scu import associate
 
 from cad_node import dicom_status

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from certs import TlsFiles
-from conftest import IN_CI, wait_for
 from factories import mammogram, write
+from helpers import IN_CI, wait_for
 from services import Orthanc, free_port
 
 from cad_node.delivery.scu import send_files

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require_dcmtk, wait_for
 from factories import mammogram, write
+from helpers import require_dcmtk, wait_for
 from receiver import Receiver, start_receiver
 from services import free_port
 

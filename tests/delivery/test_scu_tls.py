@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 from certs import Issued, TlsFiles
-from conftest import require_dcmtk
 from factories import mammogram, write
+from helpers import require_dcmtk
 from pydicom import dcmread
 from services import free_port, wait_until
 

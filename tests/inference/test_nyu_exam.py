@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import IN_CI, SHARED_MAMMO
 from factories import mammogram, write
+from helpers import IN_CI, SHARED_MAMMO
 from PIL import Image
 from pydicom.uid import generate_uid
 

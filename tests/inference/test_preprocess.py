@@ -8,7 +8,7 @@ import io
 import numpy as np
 import numpy.typing as npt
 import pytest
-from conftest import IN_CI, SHARED_MAMMO
+from helpers import IN_CI, SHARED_MAMMO
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate

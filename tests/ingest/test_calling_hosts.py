@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from conftest import wait_for
+from helpers import wait_for
 from scu import associate
 
 from cad_node.node import Node

@@ -6,8 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from conftest import require_dcmtk, wait_for
 from factories import four_views, write
+from helpers import require_dcmtk, wait_for
 
 from cad_node.node import Node
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from factories import four_views, mammogram
+from helpers import wait_for
 from model_factory import tiny_model_folder
 from pydicom import config
 from pydicom.dataelem import DataElement

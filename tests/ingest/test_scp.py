@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import wait_for
 from factories import four_views, mammogram, write
+from helpers import wait_for
 from pydicom import dcmread
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 from pynetdicom import AE

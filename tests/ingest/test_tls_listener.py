@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from certs import TlsFiles
-from conftest import require_dcmtk, wait_for
 from factories import four_views, write
+from helpers import require_dcmtk, wait_for
 from services import free_port
 
 from cad_node.node import Node

@@ -10,8 +10,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from conftest import wait_for
 from factories import mammogram
+from helpers import wait_for
 from scu import associate, store
 
 from cad_node import dicom_status

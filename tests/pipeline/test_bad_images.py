@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import wait_for
 from factories import four_views
+from helpers import wait_for
 from model_factory import tiny_model_folder
 from pydicom import config, dcmread
 from pydicom.dataelem import DataElement

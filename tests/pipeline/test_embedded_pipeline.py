@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from factories import four_views
+from helpers import wait_for
 from model_factory import tiny_model_folder
 from pydicom import dcmread
 from receiver import start_receiver
@@ -144,7 +144,7 @@ def test_results_reach_a_pacs_that_was_down_once_it_is_back(
 
 def test_torch_threads_setting_applies_when_the_model_loads(tmp_path: Path) -> None:
     import torch
-    from conftest import make_settings
+    from helpers import make_settings
 
     from cad_node.pipeline.context import PipelineContext
 

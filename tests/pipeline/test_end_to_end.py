@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import IN_CI, wait_for
 from factories import four_views, write
+from helpers import IN_CI, wait_for
 from model_factory import tiny_model_folder
 from pydicom import Dataset, dcmread
 from services import Orthanc, Process, Redis, free_port, node_env, serve, wait_listening, worker
@@ -284,7 +284,7 @@ def _compose_worker_healthcheck(port: int) -> int:
     import sys
 
     import yaml
-    from conftest import REPO_ROOT
+    from helpers import REPO_ROOT
 
     compose = yaml.safe_load((REPO_ROOT / "docker" / "compose.yaml").read_text())
     test = compose["services"]["worker"]["healthcheck"]["test"]

@@ -9,8 +9,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import make_settings
 from factories import four_views, write
+from helpers import make_settings
 from model_factory import tiny_model_folder
 from pydicom.dataset import Dataset
 from receiver import Receiver, start_receiver

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import IN_CI, require_dcmtk
 from factories import mammogram
+from helpers import IN_CI, require_dcmtk
 from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid

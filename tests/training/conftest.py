@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, SHARED_MAMMO
+from helpers import IN_CI, SHARED_MAMMO
 
 MIAS_DIR = SHARED_MAMMO / "mini_mias"
 # Six patients (both breasts each): three with a malignant film, three without.

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import IN_CI, wait_for
 from factories import four_views
+from helpers import IN_CI, wait_for
 from model_factory import tiny_model_folder
 from receiver import start_receiver
 from scu import store
@@ -70,7 +70,7 @@ class Client:
 
 
 def test_passwords_are_hashed_and_sessions_signed_and_expire() -> None:
-    from conftest import make_settings
+    from helpers import make_settings
 
     stored = hash_password("correct horse", iterations=1000)
     assert "correct horse" not in stored and stored.startswith("pbkdf2_sha256$1000$")

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import wait_for
 from factories import four_views
+from helpers import wait_for
 from model_factory import tiny_model_folder
 from prometheus_client.parser import text_string_to_metric_families
 from receiver import start_receiver
@@ -239,7 +239,7 @@ def test_the_compose_healthcheck_follows_readyz(node_factory: Any, tmp_path: Pat
     import sys
 
     import yaml
-    from conftest import REPO_ROOT
+    from helpers import REPO_ROOT
 
     compose = yaml.safe_load((REPO_ROOT / "docker" / "compose.yaml").read_text())
     test = compose["services"]["node"]["healthcheck"]["test"]
