@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
 
 from cad_node import metrics
 from cad_node.atna import AuditTrail
 from cad_node.audit.jobs import DueDelivery, JobRepository
 from cad_node.audit.models import utcnow
 from cad_node.delivery.scu import SendOutcome, send_files
+from cad_node.domain import ResultObject
+from cad_node.fsutil import write_durably
 from cad_node.settings import Destination, Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,12 @@ class DeliverySummary:
     failed: int = 0
 
 
+def _encode(ds: Dataset) -> bytes:
+    buffer = DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 class Outbox:
     """Sends due result objects to the configured destinations."""
 
@@ -95,6 +106,28 @@ class Outbox:
         self.policy = policy
         self.timeout = timeout
         self.atna = atna or AuditTrail()
+
+    def write(self, job_id: int, objects: Iterable[tuple[str, Dataset]]) -> list[ResultObject]:
+        """Write a job's result objects durably (fsync) under ``job-<id>/``; what to record.
+
+        The files exist before any delivery row names them, so a recorded delivery always has
+        its file; files of an analysis that is never recorded are :meth:`remove_orphans`'.
+        """
+        written: list[ResultObject] = []
+        for kind, ds in objects:
+            relative = f"job-{job_id}/{kind}_{ds.SOPInstanceUID}.dcm"
+            write_durably(self.root / relative, _encode(ds))
+            written.append(
+                ResultObject(
+                    kind,
+                    str(ds.SOPClassUID),
+                    str(ds.SOPInstanceUID),
+                    relative,
+                    str(ds.StudyInstanceUID),
+                    str(ds.SeriesInstanceUID),
+                )
+            )
+        return written
 
     def remove_orphans(self) -> int:
         """Delete result files no job records (an analysis cut by a crash or gone stale).

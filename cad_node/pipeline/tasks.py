@@ -13,14 +13,13 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 
 from cad_node import metrics, phi
 from cad_node.assembly import require_one_patient
+from cad_node.audit.jobs import JobStart
 from cad_node.delivery.outbox import DeliverySummary
 from cad_node.domain import JobState, ResultObject
 from cad_node.errors import CadNodeError, StaleJobError
-from cad_node.fsutil import write_durably
 from cad_node.inference.predict import analyse_study
 from cad_node.pipeline.context import PipelineContext
 from cad_node.reporting import (
@@ -34,12 +33,6 @@ from cad_node.results import ImageFailure
 log = logging.getLogger(__name__)
 
 MAX_ANALYSIS_ATTEMPTS = 3
-
-
-def _encode(ds: Dataset) -> bytes:
-    buffer = DicomBytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def _read_sources(
@@ -113,21 +106,10 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
                 for p in start.predecessors
                 if p["kind"] != HEATMAP_SC
             ]
-            for kind, ds in build_result_objects(
+            built = build_result_objects(
                 analysis, sources, Algorithm.from_model(model), previous=previous
-            ):
-                relative = f"job-{job_id}/{kind}_{ds.SOPInstanceUID}.dcm"
-                write_durably(ctx.settings.outbox_dir / relative, _encode(ds))
-                objects.append(
-                    ResultObject(
-                        kind,
-                        str(ds.SOPClassUID),
-                        str(ds.SOPInstanceUID),
-                        relative,
-                        str(ds.StudyInstanceUID),
-                        str(ds.SeriesInstanceUID),
-                    )
-                )
+            )
+            objects = ctx.outbox.write(job_id, built)
         state = ctx.jobs.finish_analysis(
             job_id,
             attempt=start.attempt,
@@ -151,10 +133,8 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
         return None
     except CadNodeError as exc:  # our messages never carry patient data
         terminal = not exc.retryable or start.attempt >= MAX_ANALYSIS_ATTEMPTS
-        if not ctx.jobs.fail_job(job_id, str(exc), attempt=start.attempt, terminal=terminal):
-            _stale(job_id, start.attempt)
+        if not _record_failure(ctx, start, str(exc), terminal=terminal):
             return None
-        log.error("job %d (study %s) failed: %s", job_id, uid, exc)
         if not terminal:
             raise
         return JobState.FAILED
@@ -166,14 +146,21 @@ def analyse(ctx: PipelineContext, job_id: int) -> JobState | None:
         invalid = phi.invalid_values(sources)
         if invalid:
             error += f"; invalid values in the study: {'; '.join(invalid)}"
-        if not ctx.jobs.fail_job(job_id, error, attempt=start.attempt, terminal=terminal):
-            _stale(job_id, start.attempt)
+        if not _record_failure(ctx, start, error, terminal=terminal):
             return None
-        log.error("job %d (study %s) failed: %s", job_id, uid, error)
         log.debug("job %d traceback:\n%s", job_id, phi.traceback_text(exc))
         if not terminal:
             raise CadNodeError(error, retryable=True) from None
         return JobState.FAILED
+
+
+def _record_failure(ctx: PipelineContext, start: JobStart, error: str, *, terminal: bool) -> bool:
+    """Record a failed attempt and log it; False when the attempt went stale meanwhile."""
+    if not ctx.jobs.fail_job(start.job_id, error, attempt=start.attempt, terminal=terminal):
+        _stale(start.job_id, start.attempt)
+        return False
+    log.error("job %d (study %s) failed: %s", start.job_id, start.study_instance_uid, error)
+    return True
 
 
 def deliver(ctx: PipelineContext, job_id: int | None = None) -> DeliverySummary:

@@ -246,3 +246,34 @@ def test_dcmtk_storescp_receives_the_objects(jobs: JobRepository, tmp_path: Path
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_write_puts_each_object_durably_under_its_job_and_says_what_to_record(
+    tmp_path: Path,
+) -> None:
+    from pydicom import dcmread
+
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    upgrade(url)
+    outbox = Outbox(
+        JobRepository(make_engine(url)),
+        tmp_path / "outbox",
+        [],
+        calling_ae="CADNODE",
+        policy=FAST_RETRY,
+    )
+    first, second = mammogram(seed=1), mammogram(seed=2)
+    written = outbox.write(7, [("mammo-cad-sr", first), ("heatmap-sc", second)])
+    assert [(o.kind, o.sop_instance_uid) for o in written] == [
+        ("mammo-cad-sr", first.SOPInstanceUID),
+        ("heatmap-sc", second.SOPInstanceUID),
+    ]
+    for obj, ds in zip(written, (first, second), strict=True):
+        assert obj.path == f"job-7/{obj.kind}_{ds.SOPInstanceUID}.dcm"
+        assert (obj.sop_class_uid, obj.study_instance_uid) == (
+            ds.SOPClassUID,
+            ds.StudyInstanceUID,
+        )
+        back = dcmread(tmp_path / "outbox" / obj.path)
+        assert back.SOPInstanceUID == ds.SOPInstanceUID and back.file_meta.TransferSyntaxUID
+    assert outbox.write(8, []) == []
