@@ -553,7 +553,7 @@ def send(ctx: Context, retry_failed: bool) -> None:
     pipeline = PipelineContext(ctx.settings, engine)
     try:
         if retry_failed:
-            click.echo(f"re-queued {pipeline.jobs.retry_failed()} failed delivery(ies)")
+            click.echo(f"re-queued {pipeline.deliveries.retry_failed()} failed delivery(ies)")
         summary = tasks.deliver(pipeline)
         click.echo(f"sent {summary.sent}, to retry {summary.retrying}, failed {summary.failed}")
     finally:

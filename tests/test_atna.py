@@ -21,6 +21,7 @@ from syslog_receiver import SyslogReceiver, start_rsyslog
 
 from cad_node import atna
 from cad_node.audit.db import make_engine, upgrade
+from cad_node.audit.deliveries import DeliveryRepository
 from cad_node.audit.jobs import JobRepository
 from cad_node.delivery.outbox import Outbox
 from cad_node.errors import ConfigError
@@ -173,7 +174,12 @@ def test_results_sent_are_begun_and_transferred_at_the_sender(
         dest = Destination(ae_title="PACS", host="127.0.0.1", port=pacs.port)
         job_id, _ = _job_with_objects(jobs, tmp_path / "outbox", [dest], n=2)
         outbox = Outbox(
-            jobs, tmp_path / "outbox", [dest], calling_ae="CADNODE", policy=FAST_RETRY, atna=trail
+            DeliveryRepository(jobs.engine),
+            tmp_path / "outbox",
+            [dest],
+            calling_ae="CADNODE",
+            policy=FAST_RETRY,
+            atna=trail,
         )
         assert outbox.deliver_due(job_id=job_id).sent == 2
         assert trail.flush()

@@ -24,7 +24,7 @@ from pydicom.filebase import DicomBytesIO
 
 from cad_node import metrics
 from cad_node.atna import AuditTrail
-from cad_node.audit.jobs import DueDelivery, JobRepository
+from cad_node.audit.deliveries import DeliveryRepository, DueDelivery
 from cad_node.audit.models import utcnow
 from cad_node.delivery.scu import SendOutcome, send_files
 from cad_node.domain import ResultObject
@@ -90,7 +90,7 @@ class Outbox:
 
     def __init__(
         self,
-        jobs: JobRepository,
+        deliveries: DeliveryRepository,
         root: Path,
         destinations: Sequence[Destination],
         *,
@@ -99,7 +99,7 @@ class Outbox:
         timeout: float = 30.0,
         atna: AuditTrail | None = None,
     ) -> None:
-        self.jobs = jobs
+        self.deliveries = deliveries
         self.root = root
         self.destinations = {str(d): d for d in destinations}
         self.calling_ae = calling_ae
@@ -137,7 +137,7 @@ class Outbox:
         """
         if not self.root.is_dir():
             return 0
-        referenced, busy = self.jobs.outbox_references()
+        referenced, busy = self.deliveries.outbox_references()
         removed = 0
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
             job = folder.name.removeprefix("job-")
@@ -154,7 +154,7 @@ class Outbox:
     def deliver_due(self, *, job_id: int | None = None) -> DeliverySummary:
         """Send every due object (of one job, or all); record each outcome."""
         lease = self.timeout * 4 + 60
-        due = self.jobs.claim_due(utcnow(), lease_seconds=lease, job_id=job_id)
+        due = self.deliveries.claim_due(utcnow(), lease_seconds=lease, job_id=job_id)
         if not due:
             return DeliverySummary()
         by_destination: dict[str, list[DueDelivery]] = defaultdict(list)
@@ -200,7 +200,7 @@ class Outbox:
             )
             metrics.DELIVERY_ATTEMPTS.labels(key).inc()
             metrics.DELIVERY_FAILURES.labels(key).inc(0 if outcome.delivered else 1)
-            self.jobs.record_send(
+            self.deliveries.record_send(
                 row.id,
                 delivered=outcome.delivered,
                 status=outcome.status,

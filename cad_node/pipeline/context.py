@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from cad_node.atna import AuditTrail
 from cad_node.audit.db import make_engine
+from cad_node.audit.deliveries import DeliveryRepository
 from cad_node.audit.jobs import JobRepository
 from cad_node.delivery.outbox import Outbox, RetryPolicy
 from cad_node.inference.model import CadModel, load_cad_model
@@ -30,8 +31,9 @@ class PipelineContext:
         self._owns_engine = engine is None
         self.engine = engine or make_engine(settings.effective_database_url)
         self.jobs = JobRepository(self.engine)
+        self.deliveries = DeliveryRepository(self.engine)
         self.outbox = Outbox(
-            self.jobs,
+            self.deliveries,
             settings.outbox_dir,
             settings.destinations,
             calling_ae=settings.ae_title,

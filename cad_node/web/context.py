@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cad_node.atna import AuditTrail
+from cad_node.audit.deliveries import DeliveryRepository
 from cad_node.audit.jobs import JobRepository
 from cad_node.audit.repository import AuditRepository
 from cad_node.ingest.spool import Spool
@@ -28,3 +29,8 @@ class WebContext:
     reanalyse: Callable[[str, str], tuple[int, int]] | None = None
     """Analyse a complete study again, ``(study UID, who asks)``: records a new revision and
     its job, queues it, returns ``(job_id, revision)``; None when this node runs no pipeline."""
+
+    @property
+    def deliveries(self) -> DeliveryRepository:
+        """The deliveries of the same database as ``jobs``."""
+        return DeliveryRepository(self.jobs.engine)

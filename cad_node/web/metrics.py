@@ -38,7 +38,7 @@ class StateCollector(Collector):
         )
         try:
             jobs = self.ctx.jobs.counts()["jobs"]
-            backlog = self.ctx.jobs.backlog()
+            backlog = self.ctx.deliveries.backlog()
         except Exception as exc:  # a scrape must answer; the gauges are absent meanwhile
             log.warning("metrics: database unreachable (%s)", type(exc).__name__)
             return

@@ -211,7 +211,7 @@ def console_router(ctx: WebContext, auth: ConsoleAuth) -> APIRouter:
             disk_free=disk_free,
             disk_reserve=ctx.spool.min_free_bytes,
             model=model_status(ctx),
-            backlog=sorted(ctx.jobs.backlog().items()),
+            backlog=sorted(ctx.deliveries.backlog().items()),
         )
 
     @router.get("/studies")
@@ -318,7 +318,7 @@ def console_router(ctx: WebContext, auth: ConsoleAuth) -> APIRouter:
         checked(session, form)
         study = form.get("study") or None
         sop = form.get("sop") or None
-        n = ctx.jobs.retry_failed(
+        n = ctx.deliveries.retry_failed(
             study_instance_uid=study,
             sop_instance_uid=sop,
             destination=form.get("destination") or None,

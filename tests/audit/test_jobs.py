@@ -13,6 +13,7 @@ from sqlalchemy import Engine, select, update
 
 from cad_node.assembly import identify
 from cad_node.audit.db import make_engine, upgrade
+from cad_node.audit.deliveries import DeliveryRepository
 from cad_node.audit.jobs import JobRepository
 from cad_node.audit.models import Delivery, Instance, Study, utcnow
 from cad_node.audit.repository import AuditRepository
@@ -226,7 +227,7 @@ def test_two_senders_never_lease_the_same_delivery(engines: list[Engine]) -> Non
     audit, jobs = AuditRepository(engines[0]), JobRepository(engines[0])
     job_id, attempt = _running_job(audit, jobs, UID)
     _analysed(jobs, job_id, attempt, ["A@h:1", "B@h:2"], n=4)  # eight deliveries
-    senders = [JobRepository(engine) for engine in engines]
+    senders = [DeliveryRepository(engine) for engine in engines]
     for _ in range(ROUNDS):
         now = utcnow()
         with jobs._sessions.begin() as session:  # all due again
@@ -263,11 +264,11 @@ def test_the_last_two_sends_of_a_job_settle_it(engines: list[Engine]) -> None:
     """Two destinations' sends recorded at once (the outbox sends to each in its own thread):
     whichever commits last sees the other's and marks the job done."""
     audit, jobs = AuditRepository(engines[0]), JobRepository(engines[0])
-    senders = [JobRepository(engine) for engine in engines]
+    senders = [DeliveryRepository(engine) for engine in engines]
     for n in range(ROUNDS):
         job_id, attempt = _running_job(audit, jobs, f"{UID}.{n}")
         _analysed(jobs, job_id, attempt, ["A@h:1", "B@h:2"])
-        due = jobs.claim_due(utcnow(), lease_seconds=60, job_id=job_id)
+        due = senders[0].claim_due(utcnow(), lease_seconds=60, job_id=job_id)
         assert len(due) == 2  # one object for each destination
         _race(
             *(

@@ -8,6 +8,7 @@ from factories import mammogram
 from cad_node.assembly import identify
 from cad_node.audit import overview
 from cad_node.audit.db import make_engine, upgrade
+from cad_node.audit.deliveries import DeliveryRepository
 from cad_node.audit.jobs import JobRepository
 from cad_node.audit.models import utcnow
 from cad_node.audit.repository import AuditRepository
@@ -67,8 +68,9 @@ def test_a_job_reads_as_a_typed_value_and_prints_the_api_shape(tmp_path: Path) -
     jobs.finish_analysis(
         job_id, attempt=1, result={}, model=model, objects=[sr], destinations=["PACS@h:1"]
     )
-    [due] = jobs.claim_due(utcnow(), lease_seconds=60)
-    jobs.record_send(due.id, delivered=False, status=0xA700, error="full", retry_at=utcnow())
+    deliveries = DeliveryRepository(repo.engine)
+    [due] = deliveries.claim_due(utcnow(), lease_seconds=60)
+    deliveries.record_send(due.id, delivered=False, status=0xA700, error="full", retry_at=utcnow())
 
     [job] = jobs.jobs_of_study(uid)
     assert (job.state, job.model_name, job.report_sop_instance_uid) == (

@@ -16,6 +16,7 @@ from services import free_port
 
 from cad_node.assembly import identify
 from cad_node.audit.db import make_engine, upgrade
+from cad_node.audit.deliveries import DeliveryRepository
 from cad_node.audit.jobs import JobRepository
 from cad_node.audit.repository import AuditRepository
 from cad_node.delivery.outbox import Outbox, RetryPolicy
@@ -100,7 +101,13 @@ def test_delivers_every_object_once_to_every_destination(
     receivers += [a, b]
     dests = [Destination(ae_title=r.ae_title, host="127.0.0.1", port=r.port) for r in (a, b)]
     job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", dests)
-    outbox = Outbox(jobs, tmp_path / "outbox", dests, calling_ae="CADNODE", policy=FAST_RETRY)
+    outbox = Outbox(
+        DeliveryRepository(jobs.engine),
+        tmp_path / "outbox",
+        dests,
+        calling_ae="CADNODE",
+        policy=FAST_RETRY,
+    )
     summary = outbox.deliver_due(job_id=job_id)
     assert (summary.sent, summary.retrying, summary.failed) == (6, 0, 0)
     assert sorted(a.received) == sorted(uids) and sorted(b.received) == sorted(uids)
@@ -118,7 +125,13 @@ def test_an_unreadable_outbox_file_fails_alone(
     job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", [dest])
     [lost] = [p for p in (tmp_path / "outbox").rglob("*.dcm") if uids[1] in p.name]
     lost.unlink()
-    outbox = Outbox(jobs, tmp_path / "outbox", [dest], calling_ae="CADNODE", policy=FAST_RETRY)
+    outbox = Outbox(
+        DeliveryRepository(jobs.engine),
+        tmp_path / "outbox",
+        [dest],
+        calling_ae="CADNODE",
+        policy=FAST_RETRY,
+    )
     summary = outbox.deliver_due(job_id=job_id)
     assert (summary.sent, summary.retrying) == (2, 1)
     assert sorted(receiver.received) == sorted([uids[0], uids[2]])
@@ -134,7 +147,13 @@ def test_destination_down_then_up_gets_everything_once(
     dest = Destination(ae_title="PACS", host="127.0.0.1", port=port)
     job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", [dest])
     policy = RetryPolicy(max_attempts=10, base_seconds=0.01, max_seconds=0.05)
-    outbox = Outbox(jobs, tmp_path / "outbox", [dest], calling_ae="CADNODE", policy=policy)
+    outbox = Outbox(
+        DeliveryRepository(jobs.engine),
+        tmp_path / "outbox",
+        [dest],
+        calling_ae="CADNODE",
+        policy=policy,
+    )
     down = outbox.deliver_due()
     assert (down.sent, down.retrying) == (0, 3)
     assert _job_state(jobs, job_id) == JobState.DELIVERING
@@ -165,7 +184,13 @@ def test_past_the_attempt_budget_it_alerts_and_keeps_retrying_until_the_pacs_is_
         Destination(ae_title="PICKY", host="127.0.0.1", port=picky.port),
     ]
     job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", dests)
-    outbox = Outbox(jobs, tmp_path / "outbox", dests, calling_ae="CADNODE", policy=FAST_RETRY)
+    outbox = Outbox(
+        DeliveryRepository(jobs.engine),
+        tmp_path / "outbox",
+        dests,
+        calling_ae="CADNODE",
+        policy=FAST_RETRY,
+    )
     for _ in range(FAST_RETRY.max_attempts + 2):
         outbox.deliver_due()
         time.sleep(0.06)
@@ -196,13 +221,19 @@ def test_an_object_past_retention_fails_and_an_operator_can_send_it_again(
     dest = Destination(ae_title="PACS", host="127.0.0.1", port=port)
     job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", [dest])
     policy = RetryPolicy(max_attempts=2, base_seconds=0.01, max_seconds=0.05, retention_seconds=0.5)
-    outbox = Outbox(jobs, tmp_path / "outbox", [dest], calling_ae="CADNODE", policy=policy)
+    outbox = Outbox(
+        DeliveryRepository(jobs.engine),
+        tmp_path / "outbox",
+        [dest],
+        calling_ae="CADNODE",
+        policy=policy,
+    )
     wait_for(lambda: outbox.deliver_due().failed == 3, timeout=10, interval=0.06)
     assert _job_state(jobs, job_id) == JobState.FAILED
     assert len(_events(jobs, "delivery.failed")) == 3
     receiver = start_receiver("PACS", port=port)
     receivers.append(receiver)
-    assert jobs.retry_failed() == 3  # with a new retention period
+    assert outbox.deliveries.retry_failed() == 3  # with a new retention period
     assert outbox.deliver_due().sent == 3
     assert sorted(receiver.received) == sorted(uids)
     assert _job_state(jobs, job_id) == JobState.DONE
@@ -237,7 +268,13 @@ def test_dcmtk_storescp_receives_the_objects(jobs: JobRepository, tmp_path: Path
     try:
         dest = Destination(ae_title="DCMTKPACS", host="127.0.0.1", port=port)
         _, uids = _job_with_objects(jobs, tmp_path / "outbox", [dest])
-        outbox = Outbox(jobs, tmp_path / "outbox", [dest], calling_ae="CADNODE", policy=FAST_RETRY)
+        outbox = Outbox(
+            DeliveryRepository(jobs.engine),
+            tmp_path / "outbox",
+            [dest],
+            calling_ae="CADNODE",
+            policy=FAST_RETRY,
+        )
         wait_for(lambda: outbox.deliver_due().sent == 3 or None, timeout=10, interval=0.2)
         from pydicom import dcmread
 
@@ -256,7 +293,7 @@ def test_write_puts_each_object_durably_under_its_job_and_says_what_to_record(
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     upgrade(url)
     outbox = Outbox(
-        JobRepository(make_engine(url)),
+        DeliveryRepository(make_engine(url)),
         tmp_path / "outbox",
         [],
         calling_ae="CADNODE",
