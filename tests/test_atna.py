@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from delivery.test_outbox import FAST_RETRY, _job_with_objects
+from delivery.test_outbox import _job_with_objects, make_outbox
 from factories import four_views
 from helpers import wait_for
 from receiver import start_receiver
@@ -21,9 +21,7 @@ from syslog_receiver import SyslogReceiver, start_rsyslog
 
 from cad_node import atna
 from cad_node.audit.db import make_engine, upgrade
-from cad_node.audit.deliveries import DeliveryRepository
 from cad_node.audit.jobs import JobRepository
-from cad_node.delivery.outbox import Outbox
 from cad_node.errors import ConfigError
 from cad_node.settings import Destination, Settings
 
@@ -173,14 +171,7 @@ def test_results_sent_are_begun_and_transferred_at_the_sender(
     try:
         dest = Destination(ae_title="PACS", host="127.0.0.1", port=pacs.port)
         job_id, _ = _job_with_objects(jobs, tmp_path / "outbox", [dest], n=2)
-        outbox = Outbox(
-            DeliveryRepository(jobs.engine),
-            tmp_path / "outbox",
-            [dest],
-            calling_ae="CADNODE",
-            policy=FAST_RETRY,
-            atna=trail,
-        )
+        outbox = make_outbox(jobs, tmp_path / "outbox", [dest], atna=trail)
         assert outbox.deliver_due(job_id=job_id).sent == 2
         assert trail.flush()
         messages = wait_for(lambda: len(parsed(rsyslog)) >= 2 and parsed(rsyslog))

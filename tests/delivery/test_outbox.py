@@ -7,6 +7,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from factories import mammogram, write
@@ -32,6 +33,24 @@ def jobs(database_url: str) -> Iterator[JobRepository]:
     engine = make_engine(database_url)
     yield JobRepository(engine)
     engine.dispose()
+
+
+def make_outbox(
+    jobs: JobRepository,
+    root: Path,
+    destinations: list[Destination],
+    policy: RetryPolicy | None = None,
+    **extra: Any,
+) -> Outbox:
+    """The outbox under ``root`` sending to ``destinations``, on the jobs' database."""
+    return Outbox(
+        DeliveryRepository(jobs.engine),
+        root,
+        destinations,
+        calling_ae="CADNODE",
+        policy=policy or FAST_RETRY,
+        **extra,
+    )
 
 
 def _job_with_objects(
@@ -101,13 +120,7 @@ def test_delivers_every_object_once_to_every_destination(
     receivers += [a, b]
     dests = [Destination(ae_title=r.ae_title, host="127.0.0.1", port=r.port) for r in (a, b)]
     job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", dests)
-    outbox = Outbox(
-        DeliveryRepository(jobs.engine),
-        tmp_path / "outbox",
-        dests,
-        calling_ae="CADNODE",
-        policy=FAST_RETRY,
-    )
+    outbox = make_outbox(jobs, tmp_path / "outbox", dests)
     summary = outbox.deliver_due(job_id=job_id)
     assert (summary.sent, summary.retrying, summary.failed) == (6, 0, 0)
     assert sorted(a.received) == sorted(uids) and sorted(b.received) == sorted(uids)
@@ -125,13 +138,7 @@ def test_an_unreadable_outbox_file_fails_alone(
     job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", [dest])
     [lost] = [p for p in (tmp_path / "outbox").rglob("*.dcm") if uids[1] in p.name]
     lost.unlink()
-    outbox = Outbox(
-        DeliveryRepository(jobs.engine),
-        tmp_path / "outbox",
-        [dest],
-        calling_ae="CADNODE",
-        policy=FAST_RETRY,
-    )
+    outbox = make_outbox(jobs, tmp_path / "outbox", [dest])
     summary = outbox.deliver_due(job_id=job_id)
     assert (summary.sent, summary.retrying) == (2, 1)
     assert sorted(receiver.received) == sorted([uids[0], uids[2]])
@@ -147,13 +154,7 @@ def test_destination_down_then_up_gets_everything_once(
     dest = Destination(ae_title="PACS", host="127.0.0.1", port=port)
     job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", [dest])
     policy = RetryPolicy(max_attempts=10, base_seconds=0.01, max_seconds=0.05)
-    outbox = Outbox(
-        DeliveryRepository(jobs.engine),
-        tmp_path / "outbox",
-        [dest],
-        calling_ae="CADNODE",
-        policy=policy,
-    )
+    outbox = make_outbox(jobs, tmp_path / "outbox", [dest], policy)
     down = outbox.deliver_due()
     assert (down.sent, down.retrying) == (0, 3)
     assert _job_state(jobs, job_id) == JobState.DELIVERING
@@ -184,13 +185,7 @@ def test_past_the_attempt_budget_it_alerts_and_keeps_retrying_until_the_pacs_is_
         Destination(ae_title="PICKY", host="127.0.0.1", port=picky.port),
     ]
     job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", dests)
-    outbox = Outbox(
-        DeliveryRepository(jobs.engine),
-        tmp_path / "outbox",
-        dests,
-        calling_ae="CADNODE",
-        policy=FAST_RETRY,
-    )
+    outbox = make_outbox(jobs, tmp_path / "outbox", dests)
     for _ in range(FAST_RETRY.max_attempts + 2):
         outbox.deliver_due()
         time.sleep(0.06)
@@ -221,13 +216,7 @@ def test_an_object_past_retention_fails_and_an_operator_can_send_it_again(
     dest = Destination(ae_title="PACS", host="127.0.0.1", port=port)
     job_id, uids = _job_with_objects(jobs, tmp_path / "outbox", [dest])
     policy = RetryPolicy(max_attempts=2, base_seconds=0.01, max_seconds=0.05, retention_seconds=0.5)
-    outbox = Outbox(
-        DeliveryRepository(jobs.engine),
-        tmp_path / "outbox",
-        [dest],
-        calling_ae="CADNODE",
-        policy=policy,
-    )
+    outbox = make_outbox(jobs, tmp_path / "outbox", [dest], policy)
     wait_for(lambda: outbox.deliver_due().failed == 3, timeout=10, interval=0.06)
     assert _job_state(jobs, job_id) == JobState.FAILED
     assert len(_events(jobs, "delivery.failed")) == 3
@@ -268,13 +257,7 @@ def test_dcmtk_storescp_receives_the_objects(jobs: JobRepository, tmp_path: Path
     try:
         dest = Destination(ae_title="DCMTKPACS", host="127.0.0.1", port=port)
         _, uids = _job_with_objects(jobs, tmp_path / "outbox", [dest])
-        outbox = Outbox(
-            DeliveryRepository(jobs.engine),
-            tmp_path / "outbox",
-            [dest],
-            calling_ae="CADNODE",
-            policy=FAST_RETRY,
-        )
+        outbox = make_outbox(jobs, tmp_path / "outbox", [dest])
         wait_for(lambda: outbox.deliver_due().sent == 3 or None, timeout=10, interval=0.2)
         from pydicom import dcmread
 
