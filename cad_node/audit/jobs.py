@@ -62,6 +62,29 @@ def locked_job(session: Session, job_id: int) -> Job | None:
     return session.get(Job, job_id)
 
 
+def _new_job(
+    session: Session,
+    study_id: int,
+    study_instance_uid: str,
+    revision: int,
+    *,
+    requested_by: str | None = None,
+) -> Job:
+    """A queued job of the study revision, added and flushed (so it has its id)."""
+    job = Job(
+        study_id=study_id,
+        study_instance_uid=study_instance_uid,
+        revision=revision,
+        state=JobState.QUEUED,
+        attempts=0,
+        created_at=utcnow(),
+        requested_by=requested_by,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
 class JobRepository:
     """Thread-safe access to jobs and deliveries (one session per call)."""
 
@@ -86,16 +109,7 @@ class JobRepository:
                 )
                 if study_id is None:
                     raise UnknownStudyError(f"unknown study {study_instance_uid}")
-                job = Job(
-                    study_id=study_id,
-                    study_instance_uid=study_instance_uid,
-                    revision=revision,
-                    state=JobState.QUEUED,
-                    attempts=0,
-                    created_at=utcnow(),
-                )
-                session.add(job)
-                session.flush()
+                job = _new_job(session, study_id, study_instance_uid, revision)
                 session.add(
                     self._event(
                         "job.queued", study_instance_uid, f"job {job.id} revision {revision}"
@@ -155,17 +169,7 @@ class JobRepository:
                 raise ReanalysisRefusedError(
                     f"job {busy} of the study is still queued or running", reason="busy"
                 )
-            job = Job(
-                study_id=study_id,
-                study_instance_uid=study_instance_uid,
-                revision=revision,
-                state=JobState.QUEUED,
-                attempts=0,
-                created_at=utcnow(),
-                requested_by=by,
-            )
-            session.add(job)
-            session.flush()
+            job = _new_job(session, study_id, study_instance_uid, revision, requested_by=by)
             session.add(
                 self._event(
                     "job.reanalysis_requested",
