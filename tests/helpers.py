@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import pytest
 from peers import dcmtk_tool
+from pydicom.dataset import Dataset
 
 from cad_node.settings import Settings
 
@@ -59,3 +60,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def predecessor_uids(sr: Dataset) -> list[str]:
+    """The SOP Instance UIDs an SR names in its Predecessor Documents Sequence."""
+    return [
+        str(item.ReferencedSOPInstanceUID)
+        for study in sr.PredecessorDocumentsSequence
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    ]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from factories import four_views
-from helpers import wait_for
+from helpers import predecessor_uids, wait_for
 from model_factory import tiny_model_folder
 from pydicom import dcmread
 from receiver import start_receiver
@@ -57,12 +57,7 @@ def test_study_to_reports_at_the_pacs_and_reanalysis_after_a_late_image(
         [sr_file] = [p for p in path.iterdir() if p.name.startswith(MAMMO_CAD_SR)]
         sr = dcmread(sr_file)
         assert sr.SOPInstanceUID == second.sop_instance_uid
-        predecessors = [
-            item.ReferencedSOPInstanceUID
-            for study in sr.PredecessorDocumentsSequence
-            for series in study.ReferencedSeriesSequence
-            for item in series.ReferencedSOPSequence
-        ]
+        predecessors = predecessor_uids(sr)
         assert predecessors == [first_sr]
         assert sr.StudyInstanceUID == uid
 

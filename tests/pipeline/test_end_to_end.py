@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from factories import four_views, write
-from helpers import IN_CI, wait_for
+from helpers import IN_CI, predecessor_uids, wait_for
 from model_factory import tiny_model_folder
 from pydicom import Dataset, dcmread
 from services import Orthanc, Process, Redis, free_port, node_env, serve, wait_listening, worker
@@ -353,12 +353,7 @@ def test_a_workers_metrics_count_its_jobs_and_a_rerun_via_the_api_reaches_orthan
     assert second.job_id == queued["job_id"] and second.requested_by == "alice (api)"
     assert second.worker and second.revision == 2
     new_sr = next(d for d in results if d.SOPInstanceUID == second.report_sop_instance_uid)
-    predecessors = [
-        item.ReferencedSOPInstanceUID
-        for study in new_sr.PredecessorDocumentsSequence
-        for series in study.ReferencedSeriesSequence
-        for item in series.ReferencedSOPSequence
-    ]
+    predecessors = predecessor_uids(new_sr)
     assert predecessors == [first.report_sop_instance_uid]
     status, text = _http(http_port, f"/api/v1/studies/{uid}", token=token)
     events = [e for e in json.loads(text)["events"] if e["kind"] == "job.reanalysis_requested"]

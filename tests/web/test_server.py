@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from factories import four_views
-from helpers import wait_for
+from helpers import predecessor_uids, wait_for
 from model_factory import tiny_model_folder
 from prometheus_client.parser import text_string_to_metric_families
 from receiver import start_receiver
@@ -357,12 +357,7 @@ def test_a_rerun_via_the_api_and_the_cli_sends_new_srs_that_name_the_previous_on
         # the PACS holds exactly this SR, and it names the previous job's SR
         digest = hashlib.sha256(dataset_bytes(sr_file)).hexdigest()
         assert pacs.digests[pacs.received.index(sr_uid)] == digest
-        predecessors = [
-            item.ReferencedSOPInstanceUID
-            for study in sr.PredecessorDocumentsSequence
-            for series in study.ReferencedSeriesSequence
-            for item in series.ReferencedSOPSequence
-        ]
+        predecessors = predecessor_uids(sr)
         assert predecessors == [previous.report_sop_instance_uid]
     status, study = get_json(port, f"/api/v1/studies/{uid}", TOKEN)
     asked = [e["detail"] for e in study["events"] if e["kind"] == "job.reanalysis_requested"]
