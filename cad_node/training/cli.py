@@ -105,6 +105,7 @@ class TrainRun:
 _CONFIG_OPTIONS = (
     "task", "lr", "seed", "pretrained", "head_epochs", "tail_stages", "bn_train", "repeats",
     "feature_cache", "lesion_head", "lesion_channel", "variants", "mirror_tta", "heads",
+    "fine_features",
 )  # fmt: skip
 """Options that are TrainConfig fields of the same name."""
 _DEFAULTED_OPTIONS = ("image_size", "epochs", "folds", "batch_size", "n_boot")
@@ -277,6 +278,12 @@ TRAIN_OPTIONS: list[Decorator] = [
         show_default=True,
         help="lite0-lesion: lesion heads per fit, trained with other seeds, maps averaged "
         "(an ensemble; training time grows with it).",
+    ),
+    click.option(
+        "--fine-features",
+        is_flag=True,
+        help="lite0-lesion: the head also reads the stride-8 features (40 channels, "
+        "max-pooled to the stride-16 map), for calcification-scale detail.",
     ),
     click.option("--threads", type=int, help="torch CPU threads."),
     click.option("--out-dir", type=_PATH, help="Reports folder [var/training/TASK-TIME]."),

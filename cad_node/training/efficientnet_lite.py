@@ -37,6 +37,8 @@ LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
 )
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
+#: Index of the last block at stride 8 (end of stage 3, 40 channels).
+STRIDE8_BLOCK = 4
 #: Index of the last block at stride 16 (end of stage 5, 112 channels).
 STRIDE16_BLOCK = 10
 

