@@ -166,6 +166,8 @@ class FeatureSet:
     """Findings without a centre per film (left out of the FROC)."""
     s8: npt.NDArray[np.floating[Any]] | None = None
     """Stride-8 features (only for a head with ``fine``)."""
+    s7in: npt.NDArray[np.floating[Any]] | None = None
+    """Stage 6's output, the input of stage 7 (only when stage 7 alone is unfrozen)."""
 
 
 def disc_targets(
@@ -302,46 +304,57 @@ def build_features(
     h16 = math.ceil(cfg.size[0] / STRIDE)
     w16 = math.ceil(cfg.size[1] / STRIDE)
     target = np.zeros((cfg.variants, len(samples), 2, h16, w16), np.uint8)
-    s16s, s32s, masks, s8s = [], [], [], []
+    parts = cache_parts(cfg)
+    arrays: dict[str, list[npt.NDArray[Any]]] = {part: [] for part in parts}
     for v in range(cfg.variants):
         for i, p in enumerate(points):
             pts = augment_points(p, v, cfg.size)
             target[v, i] = disc_targets(pts, (h16, w16), cfg.min_lesion_radius)
         key = _cache_key(samples, cfg, v)
-        parts = _CACHE_PARTS if cfg.fine else _CACHE_PARTS[:3]
         cached = _load_cache(cfg.cache_dir, key, parts)
         if cached is None:
-            cached = _extract(samples, cfg, v)
-            _save_cache(cfg.cache_dir, key, parts, *cached[: len(parts)])
+            cached = _extract(samples, cfg, v, parts)
+            _save_cache(cfg.cache_dir, key, cached)
         else:
             log.info("frozen features of variant %d loaded from cache %s", v, key)
         dtype = np.float16 if cfg.fast else np.float32  # float32: gathered many times per fit
-        s16s.append(np.asarray(cached[0], dtype))
-        s32s.append(np.asarray(cached[1], dtype))
-        masks.append(np.asarray(cached[2]))
-        if cfg.fine:
-            s8s.append(np.asarray(cached[3], dtype))
+        for part in parts:
+            arr = cached[part]
+            arrays[part].append(np.asarray(arr) if part == "mask" else np.asarray(arr, dtype))
+    stacked = {part: np.stack(arrays[part]) for part in parts}
     return FeatureSet(
-        s16=np.stack(s16s), s32=np.stack(s32s), mask=np.stack(masks), target=target,
+        s16=stacked["s16"], s32=stacked["s32"], mask=stacked["mask"], target=target,
         known=known, labels=labels, lesions=points,
         other=other_breast(samples),
         uncentred=np.array(
             [finding_counts.get(s.sample_id, 0) - centred.get(s.sample_id, 0) for s in samples]
         ),
-        s8=np.stack(s8s) if cfg.fine else None,
+        s8=stacked.get("s8"), s7in=stacked.get("s7in"),
     )  # fmt: skip
 
 
-_CACHE_PARTS = ("s16", "s32", "mask", "s8")
-Cached = tuple[npt.NDArray[Any], ...]
-"""s16, s32, mask and (for a ``fine`` head) s8 of one variant."""
+Cached = dict[str, npt.NDArray[Any]]
+"""Cached arrays of one variant, by part name (see :func:`cache_parts`)."""
 
 
-def _extract(samples: Sequence[dsets.Sample], cfg: LesionConfig, variant: int) -> Cached:
-    """Frozen stride-16 and stride-32 features, breast masks and (with ``cfg.fine``) stride-8
-    features of one variant of each film."""
+def cache_parts(cfg: LesionConfig) -> tuple[str, ...]:
+    """Arrays cached per variant: stride-16 and stride-32 features and breast masks, plus the
+    stride-8 features for a ``fine`` head and stage 6's output when stage 7 trains (the first
+    stage of unfreezing starts from it)."""
+    parts: tuple[str, ...] = ("s16", "s32", "mask")
+    if cfg.fine:
+        parts += ("s8",)
+    if cfg.tail_stages >= 1:
+        parts += ("s7in",)
+    return parts
+
+
+def _extract(
+    samples: Sequence[dsets.Sample], cfg: LesionConfig, variant: int, parts: Sequence[str]
+) -> Cached:
+    """The frozen arrays ``parts`` (see :func:`cache_parts`) of one variant of each film."""
     net = LiteLesionNet(pretrained=True).eval()
-    s16s, s32s, masks, s8s = [], [], [], []
+    out: dict[str, list[npt.NDArray[Any]]] = {part: [] for part in parts}
     bar = tqdm(
         total=len(samples), desc=f"frozen features (variant {variant})", unit="img",
         disable=not cfg.progress,
@@ -359,34 +372,33 @@ def _extract(samples: Sequence[dsets.Sample], cfg: LesionConfig, variant: int) -
             ).astype(np.float32)
             xt = torch.from_numpy(x)
             s8, s16 = net.encode(xt)
-            s32 = net.tail(s16)
-            s16s.append(s16.half().numpy())
-            s32s.append(s32.half().numpy())
-            masks.append(breast_cells(xt).numpy())
-            if cfg.fine:
-                s8s.append(s8.half().numpy())
+            s7in = net.stage7_input(s16)
+            found = {
+                "s8": s8, "s16": s16, "s7in": s7in, "s32": net.tail_from_stage7(s7in),
+                "mask": breast_cells(xt),
+            }  # fmt: skip
+            for part in parts:
+                arr = found[part]
+                out[part].append(arr.numpy() if part == "mask" else arr.half().numpy())
             bar.update(len(chunk))
     bar.close()
-    out = (np.concatenate(s16s), np.concatenate(s32s), np.concatenate(masks))
-    return (*out, np.concatenate(s8s)) if cfg.fine else out
+    return {part: np.concatenate(arrs) for part, arrs in out.items()}
 
 
 def _load_cache(folder: Path | None, key: str, parts: Sequence[str]) -> Cached | None:
     if folder is None:
         return None
-    paths = [folder / f"{key}-{part}.npy" for part in parts]
-    if not all(p.is_file() for p in paths):
+    paths = {part: folder / f"{key}-{part}.npy" for part in parts}
+    if not all(p.is_file() for p in paths.values()):
         return None
-    return tuple(np.load(p, mmap_mode="r") for p in paths)
+    return {part: np.load(p, mmap_mode="r") for part, p in paths.items()}
 
 
-def _save_cache(
-    folder: Path | None, key: str, parts: Sequence[str], *arrays: npt.NDArray[Any]
-) -> None:
+def _save_cache(folder: Path | None, key: str, arrays: Cached) -> None:
     if folder is None:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    for part, arr in zip(parts, arrays, strict=True):
+    for part, arr in arrays.items():
         tmp = folder / f"{key}-{part}.tmp.npy"
         np.save(tmp, arr)
         tmp.replace(folder / f"{key}-{part}.npy")
@@ -395,33 +407,57 @@ def _save_cache(
 # --- training the head ------------------------------------------------------------------
 
 
-def _batch(
-    feats: FeatureSet, idx: npt.NDArray[np.int64], variants: npt.NDArray[np.int64]
-) -> tuple[Any, ...]:
-    """s16, s32, mask, target, known, labels and s8 (or None) tensors of a batch."""
-    s16 = torch.from_numpy(np.asarray(feats.s16[variants, idx], dtype=np.float32))
-    s32 = torch.from_numpy(np.asarray(feats.s32[variants, idx], dtype=np.float32))
-    mask = torch.from_numpy(np.asarray(feats.mask[variants, idx]))
-    target = torch.from_numpy(feats.target[variants, idx].astype(np.float32))
-    known = torch.from_numpy(feats.known[idx])
-    labels = torch.from_numpy(feats.labels[idx].astype(np.float32))
-    s8 = (
-        None
-        if feats.s8 is None
-        else torch.from_numpy(np.asarray(feats.s8[variants, idx], dtype=np.float32))
+@dataclass
+class Batch:
+    """Tensors of a batch of films, each in one of its variants."""
+
+    s16: torch.Tensor
+    s32: torch.Tensor
+    mask: torch.Tensor
+    target: torch.Tensor
+    known: torch.Tensor
+    labels: torch.Tensor
+    s8: torch.Tensor | None
+    s7in: torch.Tensor | None
+
+    def head_input(self, net: LiteLesionNet) -> torch.Tensor:
+        """The stride-32 map the head reads: cached, or run through the tail stages that
+        train (from cached stage-6 output when only stage 7 does)."""
+        if net.trainable_tail == 0:
+            return self.s32
+        if net.trainable_tail == 1 and self.s7in is not None:
+            return net.tail_from_stage7(self.s7in)
+        return net.tail(self.s16)
+
+
+def _batch(feats: FeatureSet, idx: npt.NDArray[np.int64], variants: npt.NDArray[np.int64]) -> Batch:
+    """Films ``idx``, each in its variant of ``variants``."""
+
+    def floats(arr: npt.NDArray[Any] | None) -> torch.Tensor | None:
+        return None if arr is None else torch.from_numpy(np.asarray(arr, dtype=np.float32))
+
+    return Batch(
+        s16=torch.from_numpy(np.asarray(feats.s16[variants, idx], dtype=np.float32)),
+        s32=torch.from_numpy(np.asarray(feats.s32[variants, idx], dtype=np.float32)),
+        mask=torch.from_numpy(np.asarray(feats.mask[variants, idx])),
+        target=torch.from_numpy(feats.target[variants, idx].astype(np.float32)),
+        known=torch.from_numpy(feats.known[idx]),
+        labels=torch.from_numpy(feats.labels[idx].astype(np.float32)),
+        s8=floats(None if feats.s8 is None else feats.s8[variants, idx]),
+        s7in=floats(None if feats.s7in is None else feats.s7in[variants, idx]),
     )
-    return s16, s32, mask, target, known, labels, s8
 
 
 def _loss(
-    net: LiteLesionNet, maps: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
-    known: torch.Tensor, labels: torch.Tensor, cfg: LesionConfig, image_pos: torch.Tensor,
-) -> torch.Tensor:  # fmt: skip
-    weight = (mask & known[:, None, None]).float()[:, None].expand_as(maps)
+    net: LiteLesionNet, maps: torch.Tensor, b: Batch, cfg: LesionConfig, image_pos: torch.Tensor
+) -> torch.Tensor:
+    weight = (b.mask & b.known[:, None, None]).float()[:, None].expand_as(maps)
     pos = torch.tensor(cfg.pos_weight)
-    pixel = F.binary_cross_entropy_with_logits(maps, target, weight=weight, pos_weight=pos)
+    pixel = F.binary_cross_entropy_with_logits(maps, b.target, weight=weight, pos_weight=pos)
     pixel = pixel * weight.numel() / weight.sum().clamp_min(1.0)
-    image = F.binary_cross_entropy_with_logits(net.pool(maps, mask), labels, pos_weight=image_pos)
+    image = F.binary_cross_entropy_with_logits(
+        net.pool(maps, b.mask), b.labels, pos_weight=image_pos
+    )
     return pixel + image
 
 
@@ -456,11 +492,9 @@ def fit_head(
             for start in range(0, len(order), cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
                 var = rng.integers(0, feats.s16.shape[0], len(idx))
-                s16, s32, mask, target, known, labels, s8 = _batch(feats, idx, var)
-                if stage > 0:
-                    s32 = net.tail(s16)
-                maps = net.head(s16, s32, s8)
-                loss = _loss(net, maps, mask, target, known, labels, cfg, image_pos)
+                b = _batch(feats, idx, var)
+                maps = net.head(b.s16, b.head_input(net), b.s8)
+                loss = _loss(net, maps, b, cfg, image_pos)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
@@ -489,10 +523,8 @@ def predict_maps(
     merged with its mirror, variant 1, under ``cfg.mirror_tta``)."""
 
     def head_maps(part: npt.NDArray[np.int64], variant: int) -> torch.Tensor:
-        s16, s32, *_, s8 = _batch(feats, part, np.full(len(part), variant, np.int64))
-        if net.trainable_tail > 0:
-            s32 = net.tail(s16)
-        out: torch.Tensor = net.head(s16, s32, s8)
+        b = _batch(feats, part, np.full(len(part), variant, np.int64))
+        out: torch.Tensor = net.head(b.s16, b.head_input(net), b.s8)
         return out
 
     logits, maps = [], []

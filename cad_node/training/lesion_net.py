@@ -27,8 +27,11 @@ STRIDE = 16
 CHANNELS = ("abnormal", "malignant")
 STRIDE8_CHANNELS = LITE0_STAGES[2][4]
 STRIDE16_CHANNELS = LITE0_STAGES[4][4]
+#: First block of stage 7 (320 channels, the deepest stage).
+STAGE7_BLOCK = sum(stage[0] for stage in LITE0_STAGES[:-1])
+STAGE7_INPUT_CHANNELS = LITE0_STAGES[5][4]
 #: Tail blocks unfrozen at each stage of fine-tuning, deepest first (stage 7, stage 6).
-TAIL_STAGES = ((15, 16), (STRIDE16_BLOCK + 1, 15))
+TAIL_STAGES = ((STAGE7_BLOCK, STAGE7_BLOCK + 1), (STRIDE16_BLOCK + 1, STAGE7_BLOCK))
 
 
 def breast_cells(x: torch.Tensor, level: float = 0.05) -> torch.Tensor:
@@ -177,8 +180,17 @@ class LiteLesionNet(nn.Module):
 
     def tail(self, s16: torch.Tensor) -> torch.Tensor:
         """Stride-16 features -> the 1280-channel stride-32 map."""
+        return self.tail_from_stage7(self.stage7_input(s16))
+
+    def stage7_input(self, s16: torch.Tensor) -> torch.Tensor:
+        """Stride-16 features -> the output of stage 6 (192 channels at stride 32)."""
+        return self.backbone.run_blocks(s16, STRIDE16_BLOCK + 1, STAGE7_BLOCK)
+
+    def tail_from_stage7(self, s7in: torch.Tensor) -> torch.Tensor:
+        """Stage 6's output -> stage 7 and the 1280-channel head (the part the first stage of
+        unfreezing trains, so that it can train from cached :meth:`stage7_input` maps)."""
         b = self.backbone
-        return b.head(b.run_blocks(s16, STRIDE16_BLOCK + 1, len(b._blocks)))
+        return b.head(b.run_blocks(s7in, STAGE7_BLOCK, len(b._blocks)))
 
     def pool(self, maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Image logits (B, C) from maps and breast masks."""

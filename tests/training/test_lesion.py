@@ -191,3 +191,30 @@ def test_a_fine_head_reads_cached_stride8_features_like_the_whole_model(
         net.head.reduce8.bias.zero_()
     _, without = predict_maps(net, feats, idx, cfg)
     assert np.abs(maps - without).max() > 0.1
+
+
+def test_stage7_trains_from_cached_stage6_output_like_the_whole_model(
+    mias_dir: Path, tmp_path: Path
+) -> None:
+    csv = mias_dir / "mias_labels_1024.csv"
+    wanted = {"mdb001", "mdb002", "mdb005", "mdb006"}
+    samples = [s for s in dsets.load_mias_csv(csv) if s.sample_id in wanted]
+    lesions_csv = mias_dir / "mias_abnormalities.csv"
+    lesions = dsets.load_mias_lesions(lesions_csv, size=1024)
+    cfg = fast_lesion_config(cache_dir=tmp_path, progress=False, tail_stages=1, tail_epochs=1)
+    feats = build_features(samples, lesions, dsets.mias_finding_counts(lesions_csv), cfg)
+    assert feats.s7in is not None and len(list(tmp_path.glob("*.npy"))) == 4
+    assert feats.s7in.shape[2:] == (192, *feats.s32.shape[-2:])
+    idx = np.arange(len(samples))
+    net = fit_heads(feats, idx, cfg, seed=1)
+    assert net.trainable_tail == 1
+    imagenet = LiteLesionNet(pretrained=True).backbone._blocks
+    trained = net.backbone._blocks
+    # stage 7 (block 15) has learnt; stage 6 (block 14), which fed the cache, has not
+    assert not torch.equal(trained[15]._project_conv.weight, imagenet[15]._project_conv.weight)
+    assert torch.equal(trained[14]._project_conv.weight, imagenet[14]._project_conv.weight)
+    _, maps = predict_maps(net, feats, idx, cfg)
+    films = [dsets.preprocess_sample(s, cfg.spacing_mm, cfg.size).image for s in samples]
+    with torch.no_grad():
+        whole, _ = net.lesion_maps(torch.from_numpy(np.stack(films)))
+    np.testing.assert_allclose(maps, whole.numpy(), rtol=1e-2, atol=0.05)  # float16 cache
