@@ -635,11 +635,12 @@ def run_comparison(samples: list[dsets.Sample], cfg: TrainConfig, out_dir: Path)
     groups = [s.patient_id for s in samples]
     folds = dsets.patient_folds(samples, cfg.task, cfg.folds, cfg.seed)
     log.info(
-        "%d images, %d patients, %d positive (%s); %d folds by patient; %d px at %.2f mm",
-        len(samples), len(set(groups)), int(y.sum()), cfg.task, cfg.folds, cfg.image_size,
-        cfg.spacing_mm,
+        "%d images, %d patients, %d positive (%s); %d folds by patient",
+        len(samples), len(set(groups)), int(y.sum()), cfg.task, cfg.folds,
     )  # fmt: skip
     whole = [a for a in cfg.architectures if a not in LITE0_ARCHITECTURES]
+    if whole:
+        log.info("whole-image models: %d px at %.2f mm", cfg.image_size, cfg.spacing_mm)
     images = (
         dsets.preprocess_samples(samples, cfg.spacing_mm, cfg.size, progress=cfg.progress)
         if whole
