@@ -167,7 +167,7 @@ class FeatureSet:
     s8: npt.NDArray[np.floating[Any]] | None = None
     """Stride-8 features (only for a head with ``fine``)."""
     s7in: npt.NDArray[np.floating[Any]] | None = None
-    """Stage 6's output, the input of stage 7 (only when stage 7 alone is unfrozen)."""
+    """Stage 6's output, the input of stage 7 (only when tail stages train)."""
 
 
 def disc_targets(

@@ -24,7 +24,12 @@ from cad_node.training.lesion import (
     predict_maps,
     task_lesions,
 )
-from cad_node.training.lesion_net import HeadEnsemble, LesionHead, LiteLesionNet
+from cad_node.training.lesion_net import (
+    STAGE7_INPUT_CHANNELS,
+    HeadEnsemble,
+    LesionHead,
+    LiteLesionNet,
+)
 
 
 def test_disc_targets_mark_cells_inside_each_disc() -> None:
@@ -204,7 +209,7 @@ def test_stage7_trains_from_cached_stage6_output_like_the_whole_model(
     cfg = fast_lesion_config(cache_dir=tmp_path, progress=False, tail_stages=1, tail_epochs=1)
     feats = build_features(samples, lesions, dsets.mias_finding_counts(lesions_csv), cfg)
     assert feats.s7in is not None and len(list(tmp_path.glob("*.npy"))) == 4
-    assert feats.s7in.shape[2:] == (192, *feats.s32.shape[-2:])
+    assert feats.s7in.shape[2:] == (STAGE7_INPUT_CHANNELS, *feats.s32.shape[-2:])
     idx = np.arange(len(samples))
     net = fit_heads(feats, idx, cfg, seed=1)
     assert net.trainable_tail == 1
