@@ -53,6 +53,7 @@ from cad_node.training.lesion_net import (
     HeadEnsemble,
     LesionHead,
     LiteLesionNet,
+    OwnTail,
     breast_cells,
     merge_mirrored,
 )
@@ -127,6 +128,7 @@ class LesionConfig:
             "mirror_tta": self.mirror_tta,
             "heads": self.heads,
             "fine": self.fine,
+            "own_tails": self.heads > 1 and self.tail_stages > 0,
         }
 
 
@@ -420,14 +422,14 @@ class Batch:
     s8: torch.Tensor | None
     s7in: torch.Tensor | None
 
-    def head_input(self, net: LiteLesionNet) -> torch.Tensor:
-        """The stride-32 map the head reads: cached, or run through the tail stages that
-        train (from cached stage-6 output when only stage 7 does)."""
+    def maps(self, net: LiteLesionNet) -> torch.Tensor:
+        """``net``'s lesion maps: its head on the cached stride-32 map, or on its tail stages
+        that train (from the cached stage-6 output when only stage 7 does)."""
         if net.trainable_tail == 0:
-            return self.s32
-        if net.trainable_tail == 1 and self.s7in is not None:
-            return net.tail_from_stage7(self.s7in)
-        return net.tail(self.s16)
+            frozen: torch.Tensor = net.head(self.s16, self.s32, self.s8)
+            return frozen
+        s7in = self.s7in if net.trainable_tail == 1 else None
+        return net.run_head(self.s16, s7in, self.s8)
 
 
 def _batch(feats: FeatureSet, idx: npt.NDArray[np.int64], variants: npt.NDArray[np.int64]) -> Batch:
@@ -493,7 +495,7 @@ def fit_head(
                 idx = order[start : start + cfg.batch_size]
                 var = rng.integers(0, feats.s16.shape[0], len(idx))
                 b = _batch(feats, idx, var)
-                maps = net.head(b.s16, b.head_input(net), b.s8)
+                maps = b.maps(net)
                 loss = _loss(net, maps, b, cfg, image_pos)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
@@ -505,14 +507,17 @@ def fit_head(
 def fit_heads(
     feats: FeatureSet, train_idx: npt.NDArray[np.int64], cfg: LesionConfig, *, seed: int
 ) -> LiteLesionNet:
-    """:func:`fit_head`, or with ``cfg.heads`` > 1 that many heads of other seeds in one net."""
+    """:func:`fit_head`, or with ``cfg.heads`` > 1 that many heads of other seeds in one net
+    (with a trained stage 7, each head keeps its own: :class:`OwnTail`)."""
     if cfg.heads == 1:
         return fit_head(feats, train_idx, cfg, seed=seed)
-    if cfg.tail_stages:
-        raise InvalidDatasetError("an ensemble of heads needs a frozen backbone (tail_stages 0)")
+    if cfg.tail_stages > 1:
+        raise InvalidDatasetError("an ensemble of heads shares stage 6: tail_stages 0 or 1")
     nets = [fit_head(feats, train_idx, cfg, seed=seed + 7919 * j) for j in range(cfg.heads)]
     net = nets[0]
     net.head = HeadEnsemble([n.head for n in nets if isinstance(n.head, LesionHead)])
+    if cfg.tail_stages:
+        net.own_tails = torch.nn.ModuleList([OwnTail.of(n.backbone) for n in nets[1:]])
     return net.eval()
 
 
@@ -523,9 +528,7 @@ def predict_maps(
     merged with its mirror, variant 1, under ``cfg.mirror_tta``)."""
 
     def head_maps(part: npt.NDArray[np.int64], variant: int) -> torch.Tensor:
-        b = _batch(feats, part, np.full(len(part), variant, np.int64))
-        out: torch.Tensor = net.head(b.s16, b.head_input(net), b.s8)
-        return out
+        return _batch(feats, part, np.full(len(part), variant, np.int64)).maps(net)
 
     logits, maps = [], []
     with torch.inference_mode():

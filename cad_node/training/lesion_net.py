@@ -14,11 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from cad_node.training.efficientnet_lite import (
+    BN_EPS,
+    BN_MOMENTUM,
     HEAD_CHANNELS,
     LITE0_STAGES,
     STRIDE8_BLOCK,
     STRIDE16_BLOCK,
     EfficientNetLite0,
+    MBConv,
+    SameConv2d,
     grey_stem_weight,
     load_imagenet_lite0,
 )
@@ -113,17 +117,47 @@ class LesionHead(nn.Module):
 
 
 class HeadEnsemble(nn.Module):
-    """Lesion heads trained apart (other seeds); their logit maps are averaged."""
+    """Lesion heads trained apart (other seeds); their logit maps are averaged. ``s32`` is
+    one map for all heads, or one per head (heads with their own stage 7)."""
 
     def __init__(self, heads: list[LesionHead]) -> None:
         super().__init__()
         self.members = nn.ModuleList(heads)
 
     def forward(
-        self, s16: torch.Tensor, s32: torch.Tensor, s8: torch.Tensor | None = None
+        self,
+        s16: torch.Tensor,
+        s32: torch.Tensor | list[torch.Tensor],
+        s8: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        maps = [member(s16, s32, s8) for member in self.members]
+        each = s32 if isinstance(s32, list) else [s32] * len(self.members)
+        maps = [member(s16, x, s8) for member, x in zip(self.members, each, strict=True)]
         return torch.stack(maps).mean(dim=0)
+
+
+class OwnTail(nn.Module):
+    """A head's own stage 7 and 1280-channel convolution, fed by the shared stage 6 (the
+    second and later heads of an ensemble whose stage 7 was fine-tuned with each head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        _, kernel, stride, expansion, cout = LITE0_STAGES[-1]
+        self.block = MBConv(STAGE7_INPUT_CHANNELS, cout, kernel, stride, expansion)
+        self.conv = SameConv2d(cout, HEAD_CHANNELS, 1, bias=False)
+        self.bn = nn.BatchNorm2d(HEAD_CHANNELS, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+    @classmethod
+    def of(cls, backbone: EfficientNetLite0) -> OwnTail:
+        """A copy of ``backbone``'s stage 7 and head convolution."""
+        tail = cls()
+        tail.block.load_state_dict(backbone._blocks[STAGE7_BLOCK].state_dict())
+        tail.conv.load_state_dict(backbone._conv_head.state_dict())
+        tail.bn.load_state_dict(backbone._bn1.state_dict())
+        return tail
+
+    def forward(self, s7in: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = F.relu6(self.bn(self.conv(self.block(s7in))))
+        return out
 
 
 class LiteLesionNet(nn.Module):
@@ -132,8 +166,8 @@ class LiteLesionNet(nn.Module):
     ``pretrained`` loads the ImageNet weights of the installed EfficientNet-Lite0 package (for
     training); a model folder's weights replace them all. With ``mirror_tta`` the maps are the
     mean over the film and its top-bottom mirror (:func:`merge_mirrored`); with ``heads`` > 1
-    the head is a :class:`HeadEnsemble`; with ``fine`` the head also reads the stride-8
-    features.
+    the head is a :class:`HeadEnsemble`, and with ``own_tails`` each head after the first has
+    its own stage 7 (:class:`OwnTail`); with ``fine`` the head also reads the stride-8 features.
     """
 
     def __init__(
@@ -147,6 +181,7 @@ class LiteLesionNet(nn.Module):
         mirror_tta: bool = False,
         heads: int = 1,
         fine: bool = False,
+        own_tails: bool = False,
     ) -> None:
         super().__init__()
         self.channel = channel
@@ -164,6 +199,7 @@ class LiteLesionNet(nn.Module):
             if heads == 1
             else HeadEnsemble([LesionHead(head_width, dropout, head, fine) for _ in range(heads)])
         )
+        self.own_tails = nn.ModuleList([OwnTail() for _ in range(heads - 1)] if own_tails else [])
         self.trainable_tail = 0
         self.bn_train = False
 
@@ -192,6 +228,21 @@ class LiteLesionNet(nn.Module):
         b = self.backbone
         return b.head(b.run_blocks(s7in, STAGE7_BLOCK, len(b._blocks)))
 
+    def run_head(
+        self, s16: torch.Tensor, s7in: torch.Tensor | None, s8: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Lesion maps from the stride-16 features and stage 6's output (computed from
+        ``s16`` when None), every head on its own stage 7 where it has one."""
+        if s7in is None:
+            s7in = self.stage7_input(s16)
+        s32 = self.tail_from_stage7(s7in)
+        if not len(self.own_tails):
+            maps: torch.Tensor = self.head(s16, s32, s8)
+            return maps
+        assert isinstance(self.head, HeadEnsemble)
+        each: torch.Tensor = self.head(s16, [s32, *(tail(s7in) for tail in self.own_tails)], s8)
+        return each
+
     def pool(self, maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Image logits (B, C) from maps and breast masks."""
         return top_k_pool(maps, mask, self.top_k_fraction)
@@ -213,6 +264,7 @@ class LiteLesionNet(nn.Module):
         super().train(mode)
         if mode:
             self.backbone.eval()
+            self.own_tails.eval()
             if self.bn_train:
                 for start, stop in TAIL_STAGES[: self.trainable_tail]:
                     for block in self.backbone._blocks[start:stop]:
@@ -229,8 +281,7 @@ class LiteLesionNet(nn.Module):
 
     def _maps(self, x: torch.Tensor) -> torch.Tensor:
         s8, s16 = self.encode(x)
-        maps: torch.Tensor = self.head(s16, self.tail(s16), s8 if self.fine else None)
-        return maps
+        return self.run_head(s16, None, s8 if self.fine else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps, mask = self.lesion_maps(x)

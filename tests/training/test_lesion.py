@@ -223,3 +223,17 @@ def test_stage7_trains_from_cached_stage6_output_like_the_whole_model(
     with torch.no_grad():
         whole, _ = net.lesion_maps(torch.from_numpy(np.stack(films)))
     np.testing.assert_allclose(maps, whole.numpy(), rtol=1e-2, atol=0.05)  # float16 cache
+
+    # two heads: the second keeps its own stage 7, and the whole model averages the two
+    two = dataclasses.replace(cfg, heads=2)
+    pair = fit_heads(feats, idx, two, seed=1)
+    assert isinstance(pair.head, HeadEnsemble) and len(pair.own_tails) == 1
+    own = pair.own_tails[0].block._project_conv.weight
+    assert not torch.equal(own, net.backbone._blocks[15]._project_conv.weight)
+    _, pair_maps = predict_maps(pair, feats, idx, two)
+    with torch.no_grad():
+        pair_whole, _ = pair.lesion_maps(torch.from_numpy(np.stack(films)))
+    np.testing.assert_allclose(pair_maps, pair_whole.numpy(), rtol=1e-2, atol=0.05)
+    assert np.abs(pair_maps - maps).max() > 1e-3
+    fresh = LiteLesionNet(**two.net_kwargs())  # the exported shape loads strictly
+    fresh.load_state_dict(pair.state_dict(), strict=True)
