@@ -995,7 +995,7 @@ def _time_lesion_epochs(
 
     if cfg.lesions_csv is None:
         raise ConfigError("timing lite0-lesion needs --lesions")
-    lcfg = cfg.lesion_config()
+    lcfg = dataclasses.replace(cfg.lesion_config(), tail_stages=2)  # caches stage 6's output
     height = int(dsets.read_pixels(samples[0]).shape[0])
     lesions = dsets.load_mias_lesions(cfg.lesions_csv, size=height)
     feats = L.build_features(samples, lesions, dsets.mias_finding_counts(cfg.lesions_csv), lcfg)
