@@ -214,10 +214,6 @@ class LiteLesionNet(nn.Module):
         s8 = b.run_blocks(b.stem(2.0 * x - 1.0), 0, STRIDE8_BLOCK + 1)
         return s8, b.run_blocks(s8, STRIDE8_BLOCK + 1, STRIDE16_BLOCK + 1)
 
-    def tail(self, s16: torch.Tensor) -> torch.Tensor:
-        """Stride-16 features -> the 1280-channel stride-32 map."""
-        return self.tail_from_stage7(self.stage7_input(s16))
-
     def stage7_input(self, s16: torch.Tensor) -> torch.Tensor:
         """Stride-16 features -> the output of stage 6 (192 channels at stride 32)."""
         return self.backbone.run_blocks(s16, STRIDE16_BLOCK + 1, STAGE7_BLOCK)

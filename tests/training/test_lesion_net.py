@@ -48,7 +48,7 @@ def test_a_fine_head_reads_stride8_features_on_any_film_size() -> None:
     assert s8.shape == (1, 40, 17, 13) and s16.shape == (1, 112, 9, 7)
     assert maps.shape == (1, 2, 9, 7) and mask.shape == (1, 9, 7)
     with pytest.raises(ValueError, match="stride-8"):
-        net.head(s16, net.tail(s16))
+        net.head(s16, net.tail_from_stage7(net.stage7_input(s16)))
     with pytest.raises(ValueError, match="conv"):
         LesionHead(kind="linear", fine=True)
 
