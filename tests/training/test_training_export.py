@@ -11,7 +11,7 @@ import torch
 from cad_node.errors import ModelError
 from cad_node.model_folder import load_model_folder, read_manifest
 from cad_node.training import architectures as A
-from cad_node.training.export import export_model_folder
+from cad_node.training.export import export_model_folder, model_card
 
 
 def _manifest() -> dict[str, object]:
@@ -73,3 +73,19 @@ def test_export_refuses_a_bad_manifest_before_writing(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"manifest to export is invalid: input\.spacing_mm"):
         export_model_folder(model, tmp_path / "m", bad)
     assert not (tmp_path / "m").exists()
+
+
+def test_card_names_the_heads_and_their_own_fine_tuned_stages() -> None:
+    manifest = {
+        **_manifest(),
+        "output": "score+lesion_map",
+        "lesion_map": {"stride": 16, "channels": ["abnormal", "malignant"], "channel": 0},
+        "breast_combiner": {"use_other": True},
+        "training": {"backbone": "EfficientNet-Lite0", "tail_stages": 1, "heads": 2},
+    }
+    card = model_card(manifest)
+    assert "frozen except its 1 deepest stage(s); 2 lesion heads" in card
+    assert "each head with its own fine-tuned copy of those stages" in card
+    assert "other breast" in card
+    one_frozen = model_card({**manifest, "training": {"tail_stages": 0, "heads": 1}})
+    assert "; frozen." in one_frozen and "lesion heads" not in one_frozen
