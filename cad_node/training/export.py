@@ -109,9 +109,8 @@ def model_card(manifest: Mapping[str, Any]) -> str:
         heads = int(training_info.get("heads", 1))
         frozen = f"frozen except its {tail} deepest stage(s)" if tail else "frozen"
         if heads > 1:
-            frozen += (
-                f"; {heads} lesion heads trained with other seeds, maps averaged"
-                + (", each head with its own fine-tuned copy of those stages" if tail else "")
+            frozen += f"; {heads} lesion heads trained with other seeds, maps averaged" + (
+                ", each head with its own fine-tuned copy of those stages" if tail else ""
             )
         lesion_lines = (
             f"- Backbone: {training_info.get('backbone', 'EfficientNet-Lite0')}; {frozen}. A "
